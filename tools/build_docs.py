@@ -1,0 +1,97 @@
+"""Offline documentation build: `_docs/*.html` and `README.md` from the notebooks, without Quarto.
+
+Quarto (nbdev's docs engine) cannot be installed on machines without GitHub access, so this script does what
+`nbdev_docs` + `nbdev_readme` do, with nbdev's own notebook processor and nbconvert:
+
+1. `nbdev.serve.proc_nbs` writes processed notebooks to `_proc/` (front matter, `show_doc` rendered, `#| hide` dropped);
+2. each one becomes `_docs/<output-file>.html` (nbconvert's HTML exporter) with a navigation bar of all pages;
+3. the processed `index.ipynb` becomes `README.md` (nbconvert's Markdown exporter).
+
+It refuses to publish a page that holds an error from a notebook cell. Where Quarto exists, `nbdev_docs` builds the
+full site from the same notebooks and `_quarto.yml`.
+
+    python tools/build_docs.py            # -> _docs/, README.md
+"""
+import json, re, shutil, sys
+from pathlib import Path
+
+import nbformat
+from nbconvert import HTMLExporter, MarkdownExporter
+from nbdev.config import get_config
+from nbdev.serve import proc_nbs
+
+_NAV_CSS = """<style>
+.sane-nav{position:sticky;top:0;z-index:10;background:#2c3e50;padding:.5em 1em;font-family:sans-serif}
+.sane-nav a{color:#ecf0f1;margin-right:1.1em;text-decoration:none}.sane-nav a.here{font-weight:bold;text-decoration:underline}
+.sane-desc{font-size:1.15em;color:#555;margin-bottom:1.5em}
+</style>"""
+
+def front_matter(nb):
+    "title, description, output file from the raw front-matter cell nbdev's processor writes"
+    fm = {}
+    if nb.cells and nb.cells[0].cell_type == "raw":
+        text = nb.cells[0].source
+        for key in ("title", "description", "output-file"):
+            m = re.search(rf"^{key}:\s*(.+?)(?=^\S|\Z)", text, re.M | re.S)
+            if m: fm[key] = " ".join(m.group(1).split()).strip("'\"")
+        nb.cells = nb.cells[1:]
+    return fm
+
+def cell_errors(nb):
+    "Descriptions of every error output in a notebook (tracebacks must never reach a page)"
+    errs = []
+    for i, c in enumerate(nb.cells):
+        for o in c.get("outputs", []):
+            if o.get("output_type") == "error": errs.append(f"cell {i}: {o.get('ename')}: {o.get('evalue')}")
+            elif o.get("output_type") == "stream" and "Traceback (most recent call last)" in o.get("text", ""):
+                errs.append(f"cell {i}: traceback printed to {o.get('name')}")
+    return errs
+
+def page_order(name):
+    "index first, then numbered notebooks, then tutorials"
+    return (name != "index", name)
+
+def build(root=None):
+    cfg = get_config()
+    root = Path(root or cfg.config_path)
+    proc = Path(proc_nbs(n_workers=0, force=True))
+    docs = root/cfg.doc_path.name
+    if docs.exists(): shutil.rmtree(docs)
+    docs.mkdir(parents=True)
+    pages, problems = [], []
+    for src in sorted(proc.rglob("*.ipynb")):
+        nb = nbformat.read(src, as_version=4)
+        nb.metadata["language_info"] = {"name": "python"}    # so code blocks are highlighted as Python
+        problems += [f"{src.relative_to(proc)}: {e}" for e in cell_errors(nb)]
+        fm = front_matter(nb)
+        out = src.relative_to(proc).parent/fm.get("output-file", re.sub(r"^\d+[a-z]?_", "", src.stem) + ".html")
+        pages.append((str(out), fm, nb, src))
+    if problems: sys.exit("Notebook cells with errors, not publishing:\n" + "\n".join(problems))
+    pages.sort(key=lambda p: page_order(Path(p[0]).stem))
+    nav_items = [(out, fm.get("title", Path(out).stem)) for out, fm, _, _ in pages]
+    exporter = HTMLExporter(template_name="lab")
+    for out, fm, nb, src in pages:
+        title = fm.get("title", Path(out).stem)
+        head = f"# {title}\n\n" + (f'<p class="sane-desc">{fm["description"]}</p>' if "description" in fm else "")
+        nb.cells.insert(0, nbformat.v4.new_markdown_cell(head))
+        html, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": f"{title} – sane_nb"}})
+        depth = "../" * (len(Path(out).parts) - 1)
+        nav = "".join(f'<a href="{depth}{o}"{" class=here" if o == out else ""}>{t}</a>' for o, t in nav_items)
+        html = html.replace("</head>", _NAV_CSS + "</head>", 1)
+        html = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + f'<nav class="sane-nav">{nav}</nav>', html, count=1)
+        dest = docs/out
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(html, encoding="utf-8")
+        if Path(out).stem == "index" and len(Path(out).parts) == 1: write_readme(nb, root/"README.md")
+    print(f"{len(pages)} pages -> {docs}")
+    return docs
+
+def write_readme(nb, dest):
+    "README.md from the processed index notebook (no HTML navigation, plain Markdown)"
+    nb = nbformat.from_dict(json.loads(json.dumps(nb)))
+    nb.cells[0].source = nb.cells[0].source.replace('<p class="sane-desc">', "> ").replace("</p>", "")
+    md, _ = MarkdownExporter().from_notebook_node(nb)
+    md = re.sub(r"\n{3,}", "\n\n", md).strip() + "\n"
+    dest.write_text(md, encoding="utf-8")
+
+if __name__ == "__main__": build()
