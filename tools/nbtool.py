@@ -8,7 +8,7 @@ The notebooks in `nbs/` are the source of truth. This tool only makes writing an
 
 Percent format: a line `# %%` starts a code cell, `# %% [markdown]` a markdown cell whose lines start with `# `.
 """
-import json, sys
+import hashlib, json, sys
 from pathlib import Path
 
 _KERNEL = {"kernelspec": {"display_name": "python3", "language": "python", "name": "python3"}}
@@ -33,6 +33,7 @@ def py2nb(path):
             kind, buf = ("markdown" if "[markdown]" in line else "code"), []
         else: buf.append(line)
     if kind: cells.append(_cell(kind, buf))
+    for i, c in enumerate(cells): c["id"] = hashlib.sha1(f"{path.stem}-{i}".encode()).hexdigest()[:8]  # stable ids
     nb = {"cells": cells, "metadata": _KERNEL, "nbformat": 4, "nbformat_minor": 5}
     out = path.with_suffix(".ipynb")
     out.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
