@@ -23,6 +23,7 @@ from nbdev.serve import proc_nbs
 _NAV_CSS = """<style>
 .sane-nav{position:sticky;top:0;z-index:10;background:#2c3e50;padding:.5em 1em;font-family:sans-serif}
 .sane-nav a{color:#ecf0f1;margin-right:1.1em;text-decoration:none}.sane-nav a.here{font-weight:bold;text-decoration:underline}
+body .jp-Notebook{max-width:1050px;margin:0 auto}
 .sane-desc{font-size:1.15em;color:#555;margin-bottom:1.5em}
 </style>"""
 
@@ -47,9 +48,24 @@ def cell_errors(nb):
                 errs.append(f"cell {i}: traceback printed to {o.get('name')}")
     return errs
 
-def page_order(name):
-    "index first, then numbered notebooks, then tutorials"
-    return (name != "index", name)
+def page_order(src):
+    "index first, then the notebooks in their numbered order, then subfolders (tutorials)"
+    return (src.stem != "index", len(src.parts), str(src))
+
+def quarto_cells(nb):
+    "Apply the Quarto cell options nbdev leaves in processed notebooks: `echo: false`, `output: asis`"
+    cells = []
+    for c in nb.cells:
+        if c.cell_type != "code": cells.append(c); continue
+        lines = c.source.splitlines()
+        opts = {l[3:].split(":")[0].strip(): l.split(":", 1)[-1].strip() for l in lines if l.startswith("#| ")}
+        c.source = "\n".join(l for l in lines if not l.startswith("#|")).strip()
+        if opts.get("output") == "asis":    # show_doc: its markdown output becomes the page content
+            md = "".join("".join(o.get("data", {}).get("text/markdown", "")) for o in c.get("outputs", []))
+            cells.append(nbformat.v4.new_markdown_cell(re.sub(r"\{target=[^}]*\}", "", md)))
+        elif opts.get("echo") == "false": c.metadata["jupyter"] = {"source_hidden": True}; cells.append(c)
+        elif c.source or c.get("outputs"): cells.append(c)
+    nb.cells = cells
 
 def build(root=None):
     cfg = get_config()
@@ -64,12 +80,13 @@ def build(root=None):
         nb.metadata["language_info"] = {"name": "python"}    # so code blocks are highlighted as Python
         problems += [f"{src.relative_to(proc)}: {e}" for e in cell_errors(nb)]
         fm = front_matter(nb)
+        quarto_cells(nb)
         out = src.relative_to(proc).parent/fm.get("output-file", re.sub(r"^\d+[a-z]?_", "", src.stem) + ".html")
         pages.append((str(out), fm, nb, src))
     if problems: sys.exit("Notebook cells with errors, not publishing:\n" + "\n".join(problems))
-    pages.sort(key=lambda p: page_order(Path(p[0]).stem))
+    pages.sort(key=lambda p: page_order(p[3].relative_to(proc)))
     nav_items = [(out, fm.get("title", Path(out).stem)) for out, fm, _, _ in pages]
-    exporter = HTMLExporter(template_name="lab")
+    exporter = HTMLExporter(template_name="lab", exclude_input_prompt=True, exclude_output_prompt=True)
     for out, fm, nb, src in pages:
         title = fm.get("title", Path(out).stem)
         head = f"# {title}\n\n" + (f'<p class="sane-desc">{fm["description"]}</p>' if "description" in fm else "")
