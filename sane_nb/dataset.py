@@ -151,7 +151,8 @@ class TokenZoo:
     def __init__(self, path:str|Path):
         self.path = path = Path(path)
         self.meta = meta = load_json(path/"tokens.json")
-        arr = np.load(path/"tokens.npy", mmap_mode="c")
+        try: arr = np.load(path/"tokens.npy", mmap_mode="c")
+        except (OSError, ValueError) as e: raise ValueError(f"{path/'tokens.npy'}: unreadable or truncated ({e})") from None
         want = (meta["n_checkpoints"], meta["n_tokens"], meta["tokensize"])
         if arr.shape != want: raise ValueError(f"{path/'tokens.npy'}: shape {arr.shape}, but tokens.json says {want} (incomplete write?)")
         self.tokens = torch.from_numpy(arr)
