@@ -20,7 +20,7 @@ __all__ = ['PermutationSpec', 'permutation_spec', 'apply_permutation', 'random_p
 class PermutationSpec:
     "Which permutation group acts on which axis of which state-dict entry"
     axes_to_perm:dict                                # key -> tuple of group name or None, one per axis
-    perm_to_axes:dict = field(default_factory=dict)  # group -> [(key, axis), ...] (derived)
+    perm_to_axes:dict = field(init=False, repr=False) # group -> [(key, axis), ...], derived from `axes_to_perm`
     def __post_init__(self):
         self.perm_to_axes = {}
         for k, axes in self.axes_to_perm.items():
