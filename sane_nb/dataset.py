@@ -188,6 +188,19 @@ def sequences(self:TokenZoo,
             "props": _numeric_props(self.props, idx), "index": torch.as_tensor(idx)}
 
 @patch
+def batches(self:TokenZoo,
+    split:str="train", # a split name
+    bs:int=8,          # checkpoints per batch
+):
+    "Iterate over a split's full sequences in batches (same dicts as `sequences`), for zoos too big for memory"
+    if split not in self.splits: raise KeyError(f"no split {split!r}; this zoo has {list(self.splits)}")
+    idx = self.splits[split]
+    for i in range(0, len(idx), bs):
+        j = idx[i:i+bs]
+        yield {"tokens": self.tokens[torch.as_tensor(j)], "mask": self.mask, "pos": self.pos,
+               "props": _numeric_props(self.props, j), "index": torch.as_tensor(j)}
+
+@patch
 def state_dict(self:TokenZoo, i:int)->dict:
     "Checkpoint `i` as a state dict of real (de-standardised) weights, in the aligned order"
     sd = detokenize(self.tokens[i].clone(), self.pos, self.reference, ignore_bn=self.layout.ignore_bn)
@@ -238,6 +251,9 @@ def _erase(x, p, g, scale=(0.02, 0.33), ratio=(0.3, 3.3)):
 @patch
 def __getitems__(self:TokenDataset, indices:list)->dict:
     "A whole batch in the contract format, vectorised"
+    indices = [int(i) for i in indices]
+    if any(not -len(self) <= i < len(self) for i in indices):
+        raise IndexError(f"index out of range for {self!r} of length {len(self)}: {[i for i in indices if not -len(self) <= i < len(self)][:3]}")
     g = None if self.seed is None else torch.Generator().manual_seed(hash((self.seed, len(indices), *indices[:8])) % 2**62)
     ck = self.idx[torch.as_tensor(indices) % len(self.idx)]
     B, (n, N, T) = len(ck), self.tz.tokens.shape
