@@ -18,7 +18,7 @@ from .core import save_json
 # %% auto #0
 __all__ = ['RIDGE_LAMBDAS', 'LOGISTIC_CS', 'halo_windows', 'check_positions', 'encode_windows', 'Embeddings', 'embed',
            'encode_tokens', 'weight_stats', 'flat_weights', 'r2_score', 'kendall_tau', 'Standardizer', 'ridge_fit',
-           'fit_probe', 'ProbeTable', 'predict_properties', 'zoo_tokens', 'TokenWindows', 'pretrain_on_tokens']
+           'fit_probe', 'ProbeTable', 'predict_properties', 'pretrain_on_zoo']
 
 # %% ../nbs/08_probe.ipynb #7c1cef27
 def halo_windows(
@@ -258,7 +258,7 @@ def _target(props, key, categorical):
 
 def predict_properties(
     features:dict,       # representation name -> [n, d] features (tensor or array); rows are checkpoints
-    props:list,          # one property dict per checkpoint, same order
+    props,               # one property dict per checkpoint, or a dict of columns (`Zoo.props`, `TokenZoo.props`)
     split:dict,          # {"train", "val", "test"}: index arrays into the checkpoints (split by model)
     targets=("test_acc", "epoch", "ggap"),      # numerical targets (must be in props)
     categorical=("act", "init", "optimizer"),   # categorical targets (skipped where absent or constant)
@@ -267,6 +267,7 @@ def predict_properties(
     out:str|Path|None=None, # write the rows as JSON here
 )->ProbeTable:
     "Probe every representation for every target with every family on the same splits; R², Kendall τ, accuracy"
+    if isinstance(props, dict): props = [dict(zip(props, row)) for row in zip(*props.values())]
     n = len(props)
     for name, X in features.items():
         if len(X) != n: raise ValueError(f"representation {name!r} has {len(X)} rows but there are {n} checkpoints")
@@ -294,71 +295,28 @@ def _probe_all(features, props, idx, targets, categorical, families, seed, rows)
                 rows.append(dict(representation=name, family=fam, target=t, **m, n_features=X.shape[1], hyper=hyper,
                                  n_train=len(tr), n_test=len(te)))
 
-# %% ../nbs/08_probe.ipynb #bc27d63b
-def zoo_tokens(
-    zoo,                     # a `sane_nb.zoo.Zoo` (anything with len, zoo[i] -> (sd, props), split())
-    tokensize:int=0,         # token length; 0 = the zoo's longest row
-    stats=None,              # `LayerStats` to standardise with; None = computed on the training split; False = raw
-    idx=None,                # checkpoint indices (default: all)
-    ignore_bn:bool=False,    # leave BatchNorm entries out
-)->tuple:                    # tokens [n,N,T], mask [N,T], pos [N,3], props (list of dicts), stats
-    "Full token sequences of a zoo's checkpoints (standardised with training-split statistics) and their properties"
-    from sane_nb.tokenize import tokenize, token_layout, LayerStats, standardize
-    idx = range(len(zoo)) if idx is None else [int(i) for i in idx]
-    if stats is None: stats = LayerStats.from_state_dicts((zoo[int(i)][0] for i in zoo.split()["train"]), ignore_bn)
-    layout, toks, props = None, [], []
-    for i in idx:
-        sd, p = zoo[i]
-        layout = layout or token_layout(sd, tokensize, ignore_bn)
-        toks.append(tokenize(standardize(sd, stats) if stats else sd, layout=layout)[0]); props.append(p)
-    _, mask, pos = tokenize(sd, layout=layout)
-    return torch.stack(toks), mask, pos, props, stats
-
-# %% ../nbs/08_probe.ipynb #f13e23eb
-class TokenWindows(torch.utils.data.Dataset):
-    "Random windows of full token sequences as two noisy views, in `sane_nb.train`'s batch format"
-    def __init__(self,
-        tokens:Tensor,         # [n,N,T] standardised tokens (e.g. of the training split)
-        mask:Tensor,           # [N,T] real entries
-        pos:Tensor,            # [N,3] positions
-        windowsize:int,        # W
-        n_samples:int|None=None, # samples per epoch (default n)
-        noise:float=0.05,      # multiplicative noise of each view
-        seed:int=0,            # seed of the windows and the noise (a sample is the same every time it is read)
-    ):
-        if windowsize > tokens.shape[1]: raise ValueError(f"windowsize={windowsize} > sequence length {tokens.shape[1]}")
-        self.tokens, self.mask, self.pos, self.W, self.noise, self.seed = tokens, mask, pos, windowsize, noise, seed
-        self.n = n_samples or len(tokens)
-    def __len__(self): return self.n
-    def __getitem__(self, k):
-        g = torch.Generator().manual_seed(self.seed*1_000_003 + k)
-        i = int(torch.randint(len(self.tokens), (), generator=g))
-        s = int(torch.randint(self.tokens.shape[1] - self.W + 1, (), generator=g))
-        w = self.tokens[i, s:s+self.W]
-        x = torch.stack([w*(1 + self.noise*torch.randn(w.shape, generator=g)) for _ in range(2)])
-        return {"x": x, "mask": self.mask[s:s+self.W], "pos": self.pos[s:s+self.W]}
-
-# %% ../nbs/08_probe.ipynb #8b3304e9
-def pretrain_on_tokens(
-    tokens:Tensor,         # [n,N,T] standardised tokens of the training split
-    mask:Tensor,           # [N,T]
-    pos:Tensor,            # [N,3]
-    cfg=None,              # a `SaneConfig`; None = `SaneConfig.tiny()` with max_positions fitted to `pos`
-    steps:int=256,         # optimisation steps (the budget)
+# %% ../nbs/08_probe.ipynb #fcaed133
+def pretrain_on_zoo(
+    tz,                    # a `sane_nb.dataset.TokenZoo` (tokenized, standardised, with splits)
+    cfg=None,              # a `SaneConfig`; None = `SaneConfig.tiny()` with tokensize and max_positions fitted to `tz`
+    steps:int=256,         # optimisation steps (the budget; rounded up to whole batches of one epoch)
     bs:int=32,             # batch size
     lr:float=3e-3,         # peak learning rate of the one-cycle schedule
-    seed:int=0,            # seed of the model, the windows and the noise
+    seed:int=0,            # seed of the model and of the windows
+    noise:float=0.05,      # multiplicative noise of the views
     **kwargs,              # passed to `sane_nb.train.pretrain` (gamma, device, out, ...)
-):
-    "Pretrain a SANE for `steps` steps on random windows of full token sequences; returns (SANE in eval mode on the CPU, losses)"
+)->tuple:                  # (SANE in eval mode on the CPU, training losses per step)
+    "Pretrain a SANE for `steps` steps on two-view windows of a tokenized zoo's training split"
     from dataclasses import replace
-    from torch.utils.data import DataLoader
     from sane_nb.model import SaneConfig
+    from sane_nb.dataset import token_loaders
     from sane_nb.train import pretrain
+    pos = tz.pos
     if cfg is None:
         fit = [int(pos[:, 0].max())+1, int(pos[:, 1].max())+1, int(pos[:, 2].max())+1]
-        cfg = replace(SaneConfig.tiny(), tokensize=tokens.shape[-1], max_positions=fit)
-    ds = TokenWindows(tokens, mask, pos, min(cfg.windowsize, tokens.shape[1]), n_samples=bs*steps, seed=seed)
-    dl = DataLoader(ds, bs, shuffle=False, drop_last=True)
+        cfg = replace(SaneConfig.tiny(), tokensize=tz.tokens.shape[-1], max_positions=fit)
+    torch.manual_seed(seed)
+    n_train = len(tz.splits["train"])
+    dl = token_loaders(tz, cfg.windowsize, bs, splits=("train",), supersample=math.ceil(steps*bs/n_train), noise=noise)["train"]
     learn = pretrain(cfg, dl, epochs=1, lr=lr, seed=seed, **{"progress": False, **kwargs})
     return learn.model.cpu().eval(), list(learn.metrics.losses)

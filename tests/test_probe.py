@@ -10,8 +10,7 @@ from torch import nn
 from sane_nb.model import SANE, SaneConfig
 from sane_nb.tokenize import tokenize
 from sane_nb.probe import (halo_windows, encode_windows, embed, encode_tokens, check_positions, weight_stats,
-                           flat_weights, ridge_fit, r2_score, kendall_tau, fit_probe, predict_properties, ProbeTable,
-                           TokenWindows)
+                           flat_weights, ridge_fit, r2_score, kendall_tau, fit_probe, predict_properties, ProbeTable)
 from sane_nb.analysis import powerlaw_alpha, spectral_features, spectral_array, pca_2d
 
 torch.set_num_threads(1)
@@ -174,6 +173,14 @@ def test_predict_properties(tmp_path):
     assert len(saved) == len(t) and {r["family"] for r in saved} == {"linear", "nonlinear"}
 
 
+def test_predict_properties_accepts_columns():
+    X, props, split = _toy_zoo()
+    cols = {k: np.array([p[k] for p in props]) for k in props[0]}
+    a = predict_properties({"x": X}, props, split, families=("linear",))
+    b = predict_properties({"x": X}, cols, split, families=("linear",))
+    assert a == b
+
+
 def test_predict_properties_bad_input():
     X, props, split = _toy_zoo()
     with pytest.raises(ValueError, match="'x' has 3 rows"): predict_properties({"x": X[:3]}, props, split)
@@ -181,15 +188,6 @@ def test_predict_properties_bad_input():
     props[0]["ggap"] = float("nan")
     t = predict_properties({"x": X}, props, split, targets=("ggap",), categorical=(), families=("linear",))
     assert t[0]["n_train"] == len(split["train"]) - 1
-
-
-def test_token_windows_format():
-    tok, pos = torch.randn(4, 20, 6), torch.stack([torch.arange(20), torch.zeros(20, dtype=torch.long), torch.arange(20)], 1)
-    ds = TokenWindows(tok, torch.ones(20, 6, dtype=torch.bool), pos, 8, n_samples=10)
-    b = ds[3]
-    assert b["x"].shape == (2, 8, 6) and b["mask"].shape == (8, 6) and b["pos"].shape == (8, 3)
-    assert torch.equal(ds[3]["x"], b["x"]) and not torch.equal(b["x"][0], b["x"][1])
-    with pytest.raises(ValueError, match="windowsize=30"): TokenWindows(tok, torch.ones(20, 6, dtype=torch.bool), pos, 30)
 
 
 # ---------------------------------------------------------------- analysis
