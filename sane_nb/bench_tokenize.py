@@ -4,7 +4,7 @@
 
 # %% ../nbs/91_bench_tokenize.ipynb #e20c5c77
 from __future__ import annotations
-import platform, tempfile, time
+import math, platform, tempfile, time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -42,15 +42,50 @@ def _net_sd(arch:str, seed:int)->dict:
             m.weight.data.uniform_(.5, 1.5); m.bias.data.normal_(0, .1); m.running_mean.normal_(0, .1); m.running_var.uniform_(.5, 2)
     return net.state_dict()
 
-# %% ../nbs/91_bench_tokenize.ipynb #7113edf2
+# %% ../nbs/91_bench_tokenize.ipynb #ab232aca
+def _rowloop_tokenize(sd, T):
+    "Reference tokenizer: the §2.4 algorithm with a loop over rows"
+    toks, masks, pos, layer = [], [], [], 0
+    for k, w in sd.items():
+        if not any(s in k for s in ("weight", "running_mean", "running_var")): continue
+        w = w.reshape(w.shape[0], -1)
+        b = k.replace("weight", "bias")
+        if "weight" in k and b in sd: w = torch.cat([w, sd[b][:, None]], 1)
+        n = math.ceil(w.shape[1]/T)
+        for r in range(w.shape[0]):
+            row, m = torch.zeros(n*T), torch.zeros(n*T, dtype=torch.bool)
+            row[:w.shape[1]], m[:w.shape[1]] = w[r], True
+            toks.append(row.view(n, T)); masks.append(m.view(n, T)); pos += [(layer, r)]*n
+        layer += 1
+    pos = torch.tensor(pos)
+    return torch.cat(toks), torch.cat(masks), torch.cat([torch.arange(len(pos))[:, None], pos], 1)
+
+def _rowloop_detokenize(tok, pos, ref):
+    "Reference inverse: per layer, select its tokens by a boolean mask over the positions"
+    out, layer = {k: v.clone() for k, v in ref.items()}, 0
+    for k, w in ref.items():
+        if not any(s in k for s in ("weight", "running_mean", "running_var")): continue
+        rows = tok[pos[:, 1] == layer].reshape(w.shape[0], -1)
+        n = w[0].numel()
+        out[k] = rows[:, :n].reshape(w.shape).clone()
+        b = k.replace("weight", "bias")
+        if "weight" in k and b in ref: out[b] = rows[:, n].clone()
+        layer += 1
+    return out
+
+# %% ../nbs/91_bench_tokenize.ipynb #93d87ab4
 def time_round_trip(reps:int=5)->dict:
-    "Tokenize / detokenize times of one ResNet-18 (BN kept, tokensize 288)"
+    "Tokenize / detokenize times of one ResNet-18 (BN kept, tokensize 288), ours and the row-loop reference"
     sd = _net_sd("resnet18", 0)
     tok, mask, pos = tokenize(sd, 288)
     t = _timed(lambda: tokenize(sd, 288), reps)
     d = _timed(lambda: detokenize(tok, pos, sd), reps)
+    rt = _timed(lambda: _rowloop_tokenize(sd, 288), max(1, reps//3))
+    rd = _timed(lambda: _rowloop_detokenize(tok, pos, sd), reps)
     return {"resnet18_tokens": tok.shape[0], "resnet18_tokenize_s": t[0], "resnet18_tokenize_cpu_s": t[1],
-            "resnet18_detokenize_s": d[0], "resnet18_detokenize_cpu_s": d[1]}
+            "resnet18_detokenize_s": d[0], "resnet18_detokenize_cpu_s": d[1],
+            "rowloop_tokenize_s": rt[0], "rowloop_detokenize_s": rd[0],
+            "tokenize_speedup": rt[1]/t[1], "detokenize_speedup": rd[1]/d[1]}
 
 def time_alignment(reps:int=1)->dict:
     "Weight matching of two independent small CNNs and two ResNet-18s"
@@ -62,7 +97,7 @@ def time_alignment(reps:int=1)->dict:
         out[f"{key}_s"], out[f"{key}_cpu_s"] = w, c
     return out
 
-# %% ../nbs/91_bench_tokenize.ipynb #93d87ab4
+# %% ../nbs/91_bench_tokenize.ipynb #a60c4824
 def bytes_per_sample(
     sd:dict, tokensize:int=288, windowsize:int=2048, supersample:int=50, permutations:int=200,
     n_checkpoints:int=1000, shared_bytes:int=0,
@@ -73,7 +108,7 @@ def bytes_per_sample(
     pub = (1 + permutations)*windowsize*tokensize*4 + windowsize*tokensize + windowsize*3*2 + 3*4
     return {"bytes_per_sample": ours, "published_bytes_per_sample": float(pub), "bytes_ratio": pub/ours}
 
-# %% ../nbs/91_bench_tokenize.ipynb #a60c4824
+# %% ../nbs/91_bench_tokenize.ipynb #d31385a1
 def time_pipeline(steps:int=20, bs:int=32, windowsize:int=32)->dict:
     "Samples/s of the data pipeline (with on-the-fly permutation) and of a tiny SANE training step"
     from sane_nb.zoo import fixture_zoo
@@ -109,7 +144,7 @@ def time_resnet_windows(bs:int=32, windowsize:int=256, reps:int=5)->dict:
     w, c = _timed(batch, reps)
     return {"resnet18_permuted_batch_s": w, "resnet18_permuted_batch_cpu_s": c}
 
-# %% ../nbs/91_bench_tokenize.ipynb #b795dae6
+# %% ../nbs/91_bench_tokenize.ipynb #27d88286
 def run(
     quick:bool=False,       # fewer repetitions (about a minute on 2 cores)
     out:str|None=None,      # also write the summary JSON here
