@@ -92,7 +92,7 @@ class PositionEmbeddings(nn.Module):
             if lo[i] < 0: raise ValueError(f"position dimension {i} ({name}) has negative value {lo[i]}")
 
     def forward(self, x:Tensor, pos:Tensor)->Tensor: # x: [B,N,d], pos: [B,N,3] -> [B,N,d]
-        self.check(pos)
+        if not torch.compiler.is_compiling(): self.check(pos)  # (a data-dependent check would split a compiled graph)
         emb = torch.cat([self.pe_global(pos[..., 0]) + self.pe_layer(pos[..., 1]), self.pe_row(pos[..., 2])], -1)
         return x + emb
 
