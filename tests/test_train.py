@@ -8,7 +8,8 @@ import torch
 
 from sane_nb.core import load_json, load_tensors, save_tensors
 from sane_nb.model import SANE, SaneConfig
-from sane_nb.train import (Callback, NonFiniteLossError, latest_checkpoint, load_sane, pretrain, synthetic_loaders)
+from sane_nb.train import (Callback, CancelFitException, NonFiniteLossError, latest_checkpoint, load_sane, pretrain,
+                           synthetic_loaders)
 
 WORKER = Path(__file__).parent/"train_worker.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SANE_DEVICE": "cpu"}
@@ -90,3 +91,25 @@ def test_positions_beyond_the_maximum_name_the_dimension():
     x, pos = torch.randn(1, 8, cfg.tokensize), torch.zeros(1, 8, 3, dtype=torch.long)
     pos[0, 3, 2] = 16
     with pytest.raises(ValueError, match=r"dimension 2 \(row\) has value 16 >= max_positions\[2\]=16"): m(x, pos)
+
+
+class StopAt(Callback):
+    order = 99
+    def __init__(self, step): self.step = step
+    def after_batch(self, learn):
+        if learn.step == self.step: raise CancelFitException()
+
+
+def test_fp16_grad_scaler_path_resumes_exactly(tmp_path):
+    "fp16 autocast + GradScaler (the non-bf16 CUDA path) also runs on CPU: its state is checkpointed and restored"
+    cfg = SaneConfig.tiny()
+    tdl, vdl = synthetic_loaders(cfg, bs=16, n_train=64)
+    kw = dict(epochs=2, lr=3e-3, every=3, device="cpu", progress=False, amp="fp16")
+    whole = pretrain(cfg, tdl, vdl, out=tmp_path/"a", **kw)
+    assert whole.scaler is not None and whole.dtype == torch.float16
+    pretrain(cfg, tdl, vdl, out=tmp_path/"b", cbs=[StopAt(5)], **kw)
+    assert latest_checkpoint(tmp_path/"b").name == "step_00000004"
+    resumed = pretrain(cfg, tdl, vdl, out=tmp_path/"b", **kw)
+    assert resumed.scaler.get_scale() == whole.scaler.get_scale()
+    wa, wb = weights(tmp_path/"a"), weights(tmp_path/"b")
+    for k in wa: assert torch.equal(wa[k], wb[k]), f"{k} differs after resume"
