@@ -26,7 +26,7 @@ __all__ = ['DEFAULT_GRID', 'SEED_POINT', 'METRICS', 'ZOO_FORMAT', 'DEFAULT_ARCH'
 # %% ../nbs/02_zoo.ipynb #c9801287
 DEFAULT_GRID = dict(act=["tanh", "relu", "sigmoid", "gelu"],
                     init=["uniform", "normal", "kaiming_uniform", "kaiming_normal"],
-                    optimizer=["adam", "sgd"], lr=[1e-2, 1e-3, 1e-4], wd=[0., 1e-3], dropout=[0., 0.1])
+                    optimizer=["adam", "sgd"], lr=[3e-2, 1e-2, 3e-3, 1e-3], wd=[0., 1e-3], dropout=[0., 0.1])
 SEED_POINT = dict(act="tanh", init="kaiming_uniform", optimizer="adam", lr=1e-3, wd=0., dropout=0.)
 _CHECKS = dict(act=lambda v: v in ACTIVATIONS, init=lambda v: v in INITS, optimizer=lambda v: v in ("adam", "sgd"),
                lr=lambda v: v > 0, wd=lambda v: v >= 0, dropout=lambda v: 0 <= v < 1)
@@ -71,7 +71,7 @@ def population_forward(
         w, b = P.get(f"module_list.{i}.weight"), P.get(f"module_list.{i}.bias")
         if isinstance(m, nn.Conv2d):
             h = F.conv2d(h, w.flatten(0, 1), b.flatten(), m.stride, m.padding, groups=1 if shared else M)
-            shared = False
+            h, shared = h.contiguous(memory_format=torch.channels_last), False  # 1-channel inputs come back NCHW
         elif isinstance(m, nn.Linear): h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
         elif isinstance(m, nn.MaxPool2d): h = F.max_pool2d(h, m.kernel_size, m.stride, m.padding)
         elif isinstance(m, nn.Flatten):
@@ -130,7 +130,7 @@ class PopulationOptimizer:
 
 # %% ../nbs/02_zoo.ipynb #c363e1e7
 @torch.no_grad()
-def evaluate_population(net:ZooCNN, P:dict[str, Tensor], x:Tensor, y:Tensor, bs:int=512)->tuple[Tensor, Tensor]:
+def evaluate_population(net:ZooCNN, P:dict[str, Tensor], x:Tensor, y:Tensor, bs:int=64)->tuple[Tensor, Tensor]:
     "Mean cross-entropy and accuracy of every stacked model on (x, y): two tensors of shape [M]"
     loss = acc = 0.
     for i in range(0, len(x), bs):
@@ -584,6 +584,7 @@ def fixture_zoo(
     path:str|Path|None=None, # folder for it; default `cache_path()/fixture_zoo_<hash of settings>`
 )->Zoo:
     "A tiny deterministic digits zoo (10 models x epochs 0..4) for tests and lessons, cached"
-    key = hashlib.sha1(json.dumps(FIXTURE, sort_keys=True).encode()).hexdigest()[:10]
+    spec = {**FIXTURE, "models": model_configs(FIXTURE["n_models"], FIXTURE["grid"], FIXTURE["kind"], FIXTURE["seed"])}
+    key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]  # changes if the grid does
     dest = Path(path) if path is not None else cache_path()/f"fixture_zoo_{key}"
     return make_zoo(dest, **FIXTURE, n_workers=1, progress=False)
