@@ -41,7 +41,7 @@ class EpochSampler(Sampler):
         return idx[:self.n - self.n % self.world][self.rank::self.world].tolist()
 
     def __iter__(self): return iter(self._indices()[self.start:])
-    def __len__(self): return self.n // self.world - self.start
+    def __len__(self): return max(0, self.n // self.world - self.start)
 
 # %% ../nbs/07_train.ipynb #80aa6c36
 def resumable_loader(
@@ -156,6 +156,7 @@ def _fit(self:Learner, epochs:int, resume_from:str|Path|None=None)->Learner:
     self.total_steps = epochs*self.n_batches
     self.opt = make_optimizer(self.raw_model, self.lr, self.wd, fused=self.device.type == "cuda")
     self.sched = make_scheduler(self.opt, self.lr, self.total_steps)
+    self.step, self.epoch = 0, 0
     if resume_from is not None: self.load_state(resume_from)
     self.epochs = range(self.epoch, epochs)
     with self.cb_ctx("fit"):
