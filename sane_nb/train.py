@@ -173,6 +173,7 @@ def _one_epoch(self:Learner):
             with self.cb_ctx("batch"): self._one_batch()
 
 def _one_batch(self:Learner):
+    self.raw_model.pe.check(self.batch["pos"])  # on the loader's CPU tensor: cheap, and also covers compiled models
     self.batch = _to_device(self.batch, self.device)
     with self.autocast(): self.loss, rec, con = sane_loss(self.model, self.batch, self.gamma, self.tau)
     vals = all_reduce_mean(torch.stack([self.loss, rec, con]).detach().float()).tolist()
