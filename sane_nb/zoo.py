@@ -220,9 +220,9 @@ ZOO_FORMAT = "sane_nb.zoo/1"
 DEFAULT_ARCH = {"digits": "cnn_digits", "mnist": "cnn_small", "fashion_mnist": "cnn_small"}
 
 def plan_chunks(cfgs:list[dict], chunk_size:int=50)->list[list[int]]:
-    "Model ids grouped by activation (first appearance order), each group cut into near-equal chunks <= chunk_size"
+    "Model ids grouped by activation and dropout (first appearance order), cut into near-equal chunks <= chunk_size"
     groups = {}
-    for i, c in enumerate(cfgs): groups.setdefault(c["act"], []).append(i)
+    for i, c in enumerate(cfgs): groups.setdefault((c["act"], c.get("dropout", 0.)), []).append(i)
     return [list(map(int, a)) for ids in groups.values()
             for a in np.array_split(ids, math.ceil(len(ids) / chunk_size))]
 
