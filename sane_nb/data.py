@@ -47,8 +47,8 @@ def normalise(
     te = torch.as_tensor(np.asarray(x_test, dtype=np.float32) / scale)
     mean, std = tr.mean().item(), tr.std().item()
     if tr.ndim == 3: tr, te = tr[:, None], te[:, None]
-    return ImageData(name, (tr - mean) / std, torch.as_tensor(y_train, dtype=torch.long),
-                     (te - mean) / std, torch.as_tensor(y_test, dtype=torch.long), mean, std)
+    label = lambda y: torch.tensor(np.asarray(y, dtype=np.int64))  # a copy: IDX buffers are read-only
+    return ImageData(name, (tr - mean) / std, label(y_train), (te - mean) / std, label(y_test), mean, std)
 
 # %% ../nbs/01_data.ipynb #4787c930
 @lru_cache(maxsize=4)
