@@ -100,12 +100,14 @@ def encode_windows(
 # %% ../nbs/08_probe.ipynb #8c446983
 @dataclass
 class Embeddings:
-    "Mean-pooled embeddings of whole models: per model, and per model and layer"
-    model:Tensor          # [n, lat]: mean latent over all tokens of each model
-    layers:Tensor|None    # [n, L, lat]: mean latent over the tokens of each layer (None if not asked for)
+    "Pooled embeddings of whole models: mean (and std) of the latents over all tokens, and within each layer"
+    model:Tensor               # [n, lat]: mean latent over all tokens of each model (the published pooling)
+    model_std:Tensor           # [n, lat]: standard deviation of the latents over the tokens of each model
+    layers:Tensor|None=None    # [n, L, lat]: mean latent over the tokens of each layer
+    layers_std:Tensor|None=None # [n, L, lat]: standard deviation within each layer
     def __repr__(self):
         lay = None if self.layers is None else tuple(self.layers.shape)
-        return f"Embeddings(model={tuple(self.model.shape)}, layers={lay})"
+        return f"Embeddings(model={tuple(self.model.shape)}, layers={lay}, with stds)"
 
 def embed(
     sane,                  # a SANE model (see `encode_windows`)
@@ -113,21 +115,28 @@ def embed(
     pos:Tensor,            # [N,3] or [n,N,3] positions
     halo:int|None=None,    # context per side; None = windowsize // 4
     batch_size:int=64,     # windows per encoder call
-    per_layer:bool=True,   # also return the mean latent of every layer
+    per_layer:bool=True,   # also pool within every layer
 )->Embeddings:
-    "Mean-pooled embeddings of whole models (and of each of their layers), computed through haloed windows"
+    "Mean- (and std-) pooled embeddings of whole models and of each of their layers, computed through haloed windows"
     _, n, pos_of = _as_source(tokens, pos)
     layer_of = lambda i: pos_of(i)[:, 1].long()
     L, acc = int(layer_of(0).max()) + 1, {}
     def add(i, ks, ke, z):
-        if not acc: acc.update(sum=torch.zeros(n, z.shape[1], dtype=torch.float64), lay=torch.zeros(n*L, z.shape[1], dtype=torch.float64))
-        acc["sum"][i] += z.double().sum(0)
-        if per_layer: acc["lay"].index_add_(0, i*L + layer_of(i)[ks:ke], z.double())
+        z = z.double()
+        if not acc: acc.update({k: torch.zeros(n*(L if k.startswith("lay") else 1), z.shape[1], dtype=torch.float64)
+                                for k in ("sum", "sq", "lay", "laysq")})
+        acc["sum"][i] += z.sum(0); acc["sq"][i] += (z*z).sum(0)
+        if per_layer:
+            ix = i*L + layer_of(i)[ks:ke]
+            acc["lay"].index_add_(0, ix, z); acc["laysq"].index_add_(0, ix, z*z)
     encode_windows(sane, tokens, pos, add, halo=halo, batch_size=batch_size)
-    model = (acc["sum"]/layer_of(0).numel()).float()
-    if not per_layer: return Embeddings(model, None)
-    counts = torch.bincount(layer_of(0), minlength=L).clamp(min=1).double()
-    return Embeddings(model, (acc["lay"].view(n, L, -1)/counts[None, :, None]).float())
+    mean_std = lambda s, sq, c: ((s/c).float(), (sq/c - (s/c)**2).clamp(min=0).sqrt().float())
+    emb = Embeddings(*mean_std(acc["sum"], acc["sq"], layer_of(0).numel()))
+    if per_layer:
+        c = torch.bincount(layer_of(0), minlength=L).clamp(min=1).double().repeat(n)[:, None]
+        m, sd = mean_std(acc["lay"], acc["laysq"], c)
+        emb.layers, emb.layers_std = m.view(n, L, -1), sd.view(n, L, -1)
+    return emb
 
 # %% ../nbs/08_probe.ipynb #49fe544c
 def encode_tokens(

@@ -211,3 +211,13 @@ def test_spectral_features_conv_and_order():
     assert [r["layer"] for r in spectral_features(net.state_dict(), ignore_bn=True)] == [0, 1]
     assert spectral_array([net.state_dict()]*3).shape == (3, 5, 3)
     assert pca_2d(np.random.default_rng(0).normal(size=(10, 4))).shape == (10, 2)
+
+
+def test_embed_std_matches_per_token_latents(tiny_sane):
+    tok, pos = torch.randn(2, 40, 16), torch.stack([torch.arange(40), torch.arange(40)//15, torch.arange(40) % 15], 1)
+    z = encode_tokens(tiny_sane, tok, pos, halo=2)
+    e = embed(tiny_sane, tok, pos, halo=2)
+    torch.testing.assert_close(e.model, z.mean(1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(e.model_std, z.std(1, correction=0), atol=1e-4, rtol=1e-3)
+    for l in range(3):
+        torch.testing.assert_close(e.layers_std[:, l], z[:, pos[:, 1] == l].std(1, correction=0), atol=1e-4, rtol=1e-3)
