@@ -167,6 +167,7 @@ def _one_epoch(self:Learner):
     self.model.train()
     skip = self.step - self.epoch*self.n_batches
     self.train_dl.sampler.set_epoch(self.epoch, start=skip*self.train_dl.batch_size)
+    self.train_dl.generator.manual_seed(self.seed*100_003 + self.epoch)  # worker processes' seeds: a function of the epoch
     self.iter_dl, self.valid_log = self.train_dl, {}
     with self.cb_ctx("epoch"):
         for self.iter, self.batch in enumerate(self.iter_dl, start=skip):
