@@ -10,7 +10,8 @@ from sane_nb.tokenize import LayerStats
 from sane_nb.model import SaneConfig, SANE
 from sane_nb.sample import (prompt_tokens, decode_tokens, kde_sample, tokens_to_state_dicts, condition_bn,
                             sample_models, weight_vector, relative_error, reconstruct, accuracy)
-from sane_nb.evaluate import holdout, finetune, noise_baseline, novelty_audit, class_subset, summarize, compare_inits
+from sane_nb.evaluate import (holdout, finetune, noise_baseline, novelty_audit, class_subset, transpose_images,
+                              summarize, compare_inits)
 from sane_nb.data import ImageData
 
 torch.set_num_threads(1)
@@ -208,3 +209,9 @@ def test_reconstruct_shapes(zoo):
     rec = reconstruct(_sane(16, N, 20), sds[:2], stats, halo=4)
     assert [set(r) for r in rec] == [set(sds[0])]*2
     assert relative_error(rec, sds[:2]).shape == (2,)
+
+
+def test_transpose_images_keeps_labels():
+    data = _data()
+    t = transpose_images(data)
+    assert torch.equal(t.x_train[3, 0], data.x_train[3, 0].T) and torch.equal(t.y_test, data.y_test)
