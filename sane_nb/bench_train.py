@@ -4,7 +4,7 @@
 
 # %% ../nbs/92_bench_train.ipynb #851df1cc
 from __future__ import annotations
-import multiprocessing as mp
+import gc, multiprocessing as mp
 import platform, resource, time
 from datetime import datetime, timezone
 
@@ -121,7 +121,7 @@ def gpu_cases(quick:bool=False)->dict:
              "paper_cnn_compiled": (SaneConfig.paper_cnn(), dict(compile=True)),
              "paper_resnet18": (SaneConfig.paper_resnet18(), dict(compile=False))}
     for name, (cfg, kw) in cases.items():
-        torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats(dev)
+        gc.collect(); torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats(dev)
         r = time_training(cfg, bs=32, steps=5 if quick else 10, blocks=3, warmup=3, device=dev, amp="bf16", **kw)
         out[name] = r | {"peak_mem_mb": torch.cuda.max_memory_allocated(dev)/2**20,
                          "mfu": r["tflops"]*1e12/H100_BF16_PEAK}
@@ -155,6 +155,7 @@ def run(
         res["gpu"] = torch.cuda.get_device_name()
         for k, v in gpu.items(): res["tokens_per_s"][k], res["peak_mem_mb"][k] = v["tokens_per_s"], v["peak_mem_mb"]
         res["mfu"] = {k: v["mfu"] for k, v in gpu.items() if k.startswith("paper_cnn")}
+        res["mfu_peak_tflops"] = H100_BF16_PEAK/1e12
     else: res["gpu"] = "none: paper_cnn / paper_resnet18 cases not run"
     if out: save_json(res, out)
     print(json.dumps(res))
