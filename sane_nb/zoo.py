@@ -87,7 +87,7 @@ def _drop(h, p, flat, gen):
     "Dropout with a rate per model; the model axis is 0 ([M,B,F]) or splits axis 1 ([B,M*C,H,W])"
     shape = (len(p),) + (1,) * (h.ndim - 1) if flat else (1, len(p), 1, 1, 1)
     hv = h if flat else h.unflatten(1, (len(p), -1))
-    keep = torch.rand(hv.shape, generator=gen) >= p.view(shape)
+    keep = torch.rand(hv.shape, generator=gen, device=h.device) >= p.view(shape)
     out = hv * keep / (1 - p).view(shape)
     return out if flat else out.flatten(1, 2)
 
@@ -102,8 +102,10 @@ class PopulationOptimizer:
         momentum:float=0.9, betas:tuple=(0.9, 0.999), eps:float=1e-8,
     ):
         self.params, self.t, self.momentum, self.betas, self.eps = params, 0, momentum, betas, eps
-        self.adam = torch.tensor([o == "adam" for o in optimizer])
-        self.lr, self.wd = torch.tensor(lr, dtype=torch.float64), torch.tensor(wd, dtype=torch.float32)
+        dev = params[0].device
+        self.adam = torch.tensor([o == "adam" for o in optimizer], device=dev)
+        self.lr = torch.tensor(lr, dtype=torch.float64 if dev.type == "cpu" else torch.float32, device=dev)
+        self.wd = torch.tensor(wd, dtype=torch.float32, device=dev)
         self.state = [(torch.zeros_like(p), torch.zeros_like(p), torch.zeros_like(p)) for p in params]
 
     @torch.no_grad()
@@ -150,32 +152,35 @@ def train_population(
     arch:dict,           # {"arch": name, "kwargs": {...}} of a `ZooCNN` architecture
     bs:int=64,           # batch size
     on_epoch=None,       # called with the epoch number after each checkpoint (progress)
+    device:str|None=None, # where to compute ("cuda" for 28x28 zoos); None: the CPU
 )->tuple[list[dict[str, Tensor]], list[dict[str, list]]]: # per model: checkpoints [epochs+1, ...] and metrics
     "Train many models at once as one grouped network, with a checkpoint and metrics at every epoch"
+    dev = torch.device(device or "cpu")
     acts = {c["act"] for c in cfgs}
     if len(acts) != 1: raise ValueError(f"train_population needs one activation per population, got {sorted(acts)}")
     net = make_net(arch["arch"], **{**arch.get("kwargs", {}), "act": acts.pop(), "dropout": 0.})
     inits = [make_net(arch["arch"], **arch.get("kwargs", {}), init=c["init"], seed=c["seed"]).state_dict() for c in cfgs]
-    P = {k: torch.stack([sd[k] for sd in inits]).requires_grad_() for k in inits[0]}
+    P = {k: torch.stack([sd[k] for sd in inits]).to(dev).requires_grad_() for k in inits[0]}
     opt = PopulationOptimizer(list(P.values()), [c["optimizer"] for c in cfgs], [c["lr"] for c in cfgs], [c["wd"] for c in cfgs])
-    drop_p = torch.tensor([float(c["dropout"]) for c in cfgs])
+    drop_p = torch.tensor([float(c["dropout"]) for c in cfgs], device=dev)
     drop_p = drop_p if bool(drop_p.any()) else None
     gens = [torch.Generator().manual_seed(c["seed"]) for c in cfgs]
-    dgen = torch.Generator().manual_seed(cfgs[0]["seed"] + 7919)
-    M, N = len(cfgs), len(data.x_train)
+    dgen = torch.Generator(device=dev).manual_seed(cfgs[0]["seed"] + 7919)
+    xtr, ytr, xte, yte = (t.to(dev) for t in (data.x_train, data.y_train, data.x_test, data.y_test))
+    M, N = len(cfgs), len(xtr)
     ckpts, hist = [], {k: [] for k in METRICS}
     def record(tr_loss, tr_acc):
-        te_loss, te_acc = evaluate_population(net, P, data.x_test, data.y_test)
+        te_loss, te_acc = evaluate_population(net, P, xte, yte)
         for k, v in zip(METRICS, (tr_loss, tr_acc, te_loss, te_acc)): hist[k].append(v.tolist())
-        ckpts.append({k: v.detach().clone() for k, v in P.items()})
-    record(*evaluate_population(net, P, data.x_train, data.y_train))
+        ckpts.append({k: v.detach().cpu().clone() for k, v in P.items()})
+    record(*evaluate_population(net, P, xtr, ytr))
     if on_epoch: on_epoch(0)
     for ep in range(1, epochs + 1):
-        order = torch.stack([torch.randperm(N, generator=g) for g in gens])
-        tot_loss, tot_acc = torch.zeros(M), torch.zeros(M)
+        order = torch.stack([torch.randperm(N, generator=g) for g in gens]).to(dev)
+        tot_loss, tot_acc = torch.zeros(M, device=dev), torch.zeros(M, device=dev)
         for i in range(0, N, bs):
             ix = order[:, i:i+bs]
-            x, y = data.x_train[ix], data.y_train[ix]
+            x, y = xtr[ix], ytr[ix]
             out = population_forward(net, P, x, drop_p, dgen)
             losses = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
             opt.zero_grad(); losses.sum().backward(); opt.step()
@@ -235,7 +240,8 @@ def _train_chunk(dest, ids, settings, tick=None):
     nthreads = torch.get_num_threads()
     torch.set_num_threads(1)
     try: states, metrics = train_population(cfgs, data, settings["epochs"], settings["arch"], settings["batch_size"],
-                                            on_epoch=(lambda e: tick(len(ids))) if tick else None)
+                                            on_epoch=(lambda e: tick(len(ids))) if tick else None,
+                                            device=settings.get("device"))
     finally: torch.set_num_threads(nthreads)
     for i, c, sd, met in zip(ids, cfgs, states, metrics):
         if _model_file(dest, i, "json").exists(): continue
@@ -299,6 +305,7 @@ def make_zoo(
     n_workers:int=2,             # processes training chunks in parallel (1 torch thread each)
     data_folder:str|Path|None=None, # folder of IDX files for MNIST-style datasets
     progress:bool=True,          # show a progress bar
+    device:str|None=None,        # None: the CPU (exactly reproducible); "cuda" for 28x28 zoos, with n_workers=1
 )->"Zoo":
     "Train a population of models (batched, in parallel, resumable) into a native zoo folder, and load it"
     dest = Path(dest)
@@ -309,7 +316,7 @@ def make_zoo(
         raise ValueError(f"make_zoo trains the zoo CNNs (cnn_small, cnn_digits, cnn_large), not {arch['arch']!r}")
     settings = dict(format=ZOO_FORMAT, dataset=dataset, data_folder=None if data_folder is None else str(data_folder),
                     arch=arch, kind=kind, seed=seed, n_models=n_models, epochs=epochs, batch_size=batch_size,
-                    chunk_size=chunk_size, grid=grid, models=model_configs(n_models, grid, kind, seed))
+                    chunk_size=chunk_size, grid=grid, device=device, models=model_configs(n_models, grid, kind, seed))
     settings = json.loads(json.dumps(settings))
     if (dest/"zoo.json").exists():
         old = load_json(dest/"zoo.json")
