@@ -4,10 +4,8 @@
 
 # %% ../nbs/08b_analysis.ipynb #e33e5ec5
 from __future__ import annotations
-import math
 import numpy as np
 import torch
-from torch import Tensor
 from .tokenize import token_layout
 
 # %% auto #0
