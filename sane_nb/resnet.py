@@ -62,15 +62,14 @@ def _optimizer(net, cfg):
     if cfg["optimizer"] == "adam": return torch.optim.Adam(net.parameters(), lr=cfg["lr"], weight_decay=cfg["wd"])
     return torch.optim.SGD(net.parameters(), lr=cfg["lr"], momentum=0.9, weight_decay=cfg["wd"])
 
-def _opt_save(opt, folder):
+def _opt_save(opt, path):
     sd = opt.state_dict()
-    save_tensors({f"{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items() if torch.is_tensor(v)},
-                 folder/"optimizer.safetensors")
+    save_tensors({f"{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items() if torch.is_tensor(v)}, path)
     return sd["param_groups"]
 
-def _opt_load(opt, folder, groups):
+def _opt_load(opt, path, groups):
     state = {}
-    for key, v in load_tensors(folder/"optimizer.safetensors").items():
+    for key, v in load_tensors(path).items():
         i, k = key.split(".", 1)
         state.setdefault(int(i), {})[k] = v
     opt.load_state_dict({"state": state, "param_groups": groups})
@@ -104,11 +103,13 @@ def train_resnet(
         prog = load_json(folder/"progress.json")
         done, hist = prog["epoch"], prog["metrics"]
         net.load_state_dict(load_tensors(folder/f"epoch_{done:04d}.safetensors", str(dev)))
-        _opt_load(opt, folder, prog["param_groups"])
+        _opt_load(opt, folder/f"optimizer_{done:04d}.safetensors", prog["param_groups"])
     def record(ep, tr):
         for k, v in zip(METRICS, (*tr, *evaluate_net(net, data.x_test, data.y_test))): hist[k].append(v)
         save_tensors(net.state_dict(), folder/f"epoch_{ep:04d}.safetensors")
-        save_json({"epoch": ep, "metrics": hist, "param_groups": _opt_save(opt, folder)}, folder/"progress.json")
+        groups = _opt_save(opt, folder/f"optimizer_{ep:04d}.safetensors")
+        save_json({"epoch": ep, "metrics": hist, "param_groups": groups}, folder/"progress.json")
+        if ep > 0: (folder/f"optimizer_{ep-1:04d}.safetensors").unlink(missing_ok=True)
         if on_epoch: on_epoch(ep)
     if done < 0: record(0, evaluate_net(net, data.x_train, data.y_train))
     for ep in range(max(done, 0) + 1, epochs + 1):
