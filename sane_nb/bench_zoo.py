@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from .core import save_json
 from .data import load_dataset
-from .zoo import make_zoo, model_configs, plan_chunks, train_one, train_population
+from .population import train_one, train_population
+from .zoo import make_zoo, model_configs, plan_chunks
 
 # %% auto #0
 __all__ = ['run']

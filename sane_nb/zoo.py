@@ -10,17 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn, Tensor
 from fastprogress.fastprogress import progress_bar
 from .core import cache_path, atomic_write, save_json, load_json, save_tensors, load_tensors, load_torch
 from .data import ImageData, load_dataset
-from .nets import ACTIVATIONS, INITS, ActDropout, ZooCNN, make_net
+from .nets import ACTIVATIONS, INITS, ZooCNN, make_net
+from .population import METRICS, train_population
 
 # %% auto #0
-__all__ = ['DEFAULT_GRID', 'SEED_POINT', 'METRICS', 'ZOO_FORMAT', 'DEFAULT_ARCH', 'PUBLISHED_KEYS', 'PUBLISHED_TYPES', 'FIXTURE',
-           'model_configs', 'population_forward', 'PopulationOptimizer', 'evaluate_population', 'train_population',
-           'train_one', 'plan_chunks', 'make_zoo', 'Zoo', 'checkpoint_problem', 'arch_from_params', 'read_results',
+__all__ = ['DEFAULT_GRID', 'SEED_POINT', 'ZOO_FORMAT', 'DEFAULT_ARCH', 'PUBLISHED_KEYS', 'PUBLISHED_TYPES', 'FIXTURE',
+           'model_configs', 'plan_chunks', 'make_zoo', 'Zoo', 'checkpoint_problem', 'arch_from_params', 'read_results',
            'load_zoo', 'write_modelzoo', 'fixture_zoo']
 
 # %% ../nbs/02_zoo.ipynb #c9801287
@@ -55,172 +54,6 @@ def model_configs(
     return [{**points[i % len(points)], "seed": seed * 100_000 + i} for i in range(n_models)]
 
 # %% ../nbs/02_zoo.ipynb #0c2cf047
-def population_forward(
-    net:ZooCNN,             # a template network: gives the layer types and hyperparameters, not the weights
-    P:dict[str, Tensor],    # stacked parameters, name -> [M, *shape]
-    x:Tensor,               # [B, C, H, W] (same images for every model) or [M, B, C, H, W]
-    drop_p:Tensor|None=None, # [M] dropout rate per model (training only); None: no dropout
-    gen:torch.Generator|None=None, # generator of the dropout masks
-)->Tensor:                  # logits [M, B, n_classes]
-    "Run M stacked copies of a `ZooCNN` in one pass (grouped convolutions, batched matmuls)"
-    M = next(iter(P.values())).shape[0]
-    shared, flat = x.ndim == 4, False
-    h = x if shared else x.transpose(0, 1).flatten(1, 2)
-    h = h.contiguous(memory_format=torch.channels_last)
-    for i, m in enumerate(net.module_list):
-        w, b = P.get(f"module_list.{i}.weight"), P.get(f"module_list.{i}.bias")
-        if isinstance(m, nn.Conv2d):
-            h = F.conv2d(h, w.flatten(0, 1), b.flatten(), m.stride, m.padding, groups=1 if shared else M)
-            h, shared = h.contiguous(memory_format=torch.channels_last), False  # 1-channel inputs come back NCHW
-        elif isinstance(m, nn.Linear): h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-        elif isinstance(m, nn.MaxPool2d): h = F.max_pool2d(h, m.kernel_size, m.stride, m.padding)
-        elif isinstance(m, nn.Flatten):
-            if shared: h = h.unsqueeze(1).expand(-1, M, *h.shape[1:]).flatten(1, 2)
-            h, flat = h.reshape(h.shape[0], M, -1).transpose(0, 1), True
-        elif isinstance(m, (ActDropout, nn.Dropout, *ACTIVATIONS.values())):
-            if not isinstance(m, nn.Dropout): h = (m.act if isinstance(m, ActDropout) else m)(h)
-            if drop_p is not None and not isinstance(m, tuple(ACTIVATIONS.values())): h = _drop(h, drop_p, flat, gen)
-        else: raise TypeError(f"population training does not support {type(m).__name__} (module_list.{i})")
-    return h
-
-def _drop(h, p, flat, gen):
-    "Dropout with a rate per model; the model axis is 0 ([M,B,F]) or splits axis 1 ([B,M*C,H,W])"
-    shape = (len(p),) + (1,) * (h.ndim - 1) if flat else (1, len(p), 1, 1, 1)
-    hv = h if flat else h.unflatten(1, (len(p), -1))
-    keep = torch.rand(hv.shape, generator=gen, device=h.device) >= p.view(shape)
-    out = hv * keep / (1 - p).view(shape)
-    return out if flat else out.flatten(1, 2)
-
-# %% ../nbs/02_zoo.ipynb #6d3e7757
-class PopulationOptimizer:
-    "Adam or SGD with momentum, per model, on stacked parameters; the same updates as `torch.optim`"
-    def __init__(self,
-        params:list[Tensor],  # stacked parameters [M, ...] (leaf tensors with gradients)
-        optimizer:list[str],  # per model: "adam" or "sgd"
-        lr:list[float],       # per model learning rate
-        wd:list[float],       # per model weight decay (L2, added to the gradient as torch.optim does)
-        momentum:float=0.9, betas:tuple=(0.9, 0.999), eps:float=1e-8,
-    ):
-        self.params, self.t, self.momentum, self.betas, self.eps = params, 0, momentum, betas, eps
-        dev = params[0].device
-        self.adam = torch.tensor([o == "adam" for o in optimizer], device=dev)
-        self.lr = torch.tensor(lr, dtype=torch.float64 if dev.type == "cpu" else torch.float32, device=dev)
-        self.wd = torch.tensor(wd, dtype=torch.float32, device=dev)
-        self.state = [(torch.zeros_like(p), torch.zeros_like(p), torch.zeros_like(p)) for p in params]
-
-    @torch.no_grad()
-    def step(self):
-        self.t += 1
-        (b1, b2), t, any_adam, all_adam = self.betas, self.t, bool(self.adam.any()), bool(self.adam.all())
-        step_size = (self.lr / (1 - b1**t)).float()
-        lr, bc2 = self.lr.float(), math.sqrt(1 - b2**t)
-        for p, (m, v, buf) in zip(self.params, self.state):
-            sh = (-1,) + (1,) * (p.ndim - 1)
-            g = p.grad if not bool(self.wd.any()) else p.grad + self.wd.view(sh) * p
-            upd = None
-            if any_adam:
-                m.lerp_(g, 1 - b1); v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                upd = step_size.view(sh) * m / (v.sqrt() / bc2 + self.eps)
-            if not all_adam:
-                buf.mul_(self.momentum).add_(g)
-                sgd = lr.view(sh) * buf
-                upd = sgd if upd is None else torch.where(self.adam.view(sh), upd, sgd)
-            p.sub_(upd)
-
-    def zero_grad(self):
-        for p in self.params: p.grad = None
-
-# %% ../nbs/02_zoo.ipynb #c363e1e7
-@torch.no_grad()
-def evaluate_population(net:ZooCNN, P:dict[str, Tensor], x:Tensor, y:Tensor, bs:int=64)->tuple[Tensor, Tensor]:
-    "Mean cross-entropy and accuracy of every stacked model on (x, y): two tensors of shape [M]"
-    loss = acc = 0.
-    for i in range(0, len(x), bs):
-        out = population_forward(net, P, x[i:i+bs])
-        yy = y[i:i+bs].expand(out.shape[0], -1)
-        loss = loss + F.cross_entropy(out.flatten(0, 1), yy.flatten(), reduction="none").view(yy.shape).sum(1)
-        acc = acc + (out.argmax(-1) == yy).sum(1)
-    return loss / len(x), acc / len(x)
-
-# %% ../nbs/02_zoo.ipynb #fe09d664
-METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
-
-def train_population(
-    cfgs:list[dict],     # per model settings (see `model_configs`); all with the same `act`
-    data:ImageData,      # the dataset
-    epochs:int,          # epochs to train (checkpoints 0..epochs)
-    arch:dict,           # {"arch": name, "kwargs": {...}} of a `ZooCNN` architecture
-    bs:int=64,           # batch size
-    on_epoch=None,       # called with the epoch number after each checkpoint (progress)
-    device:str|None=None, # where to compute ("cuda" for 28x28 zoos); None: the CPU
-)->tuple[list[dict[str, Tensor]], list[dict[str, list]]]: # per model: checkpoints [epochs+1, ...] and metrics
-    "Train many models at once as one grouped network, with a checkpoint and metrics at every epoch"
-    dev = torch.device(device or "cpu")
-    acts = {c["act"] for c in cfgs}
-    if len(acts) != 1: raise ValueError(f"train_population needs one activation per population, got {sorted(acts)}")
-    net = make_net(arch["arch"], **{**arch.get("kwargs", {}), "act": acts.pop(), "dropout": 0.})
-    inits = [make_net(arch["arch"], **arch.get("kwargs", {}), init=c["init"], seed=c["seed"]).state_dict() for c in cfgs]
-    P = {k: torch.stack([sd[k] for sd in inits]).to(dev).requires_grad_() for k in inits[0]}
-    opt = PopulationOptimizer(list(P.values()), [c["optimizer"] for c in cfgs], [c["lr"] for c in cfgs], [c["wd"] for c in cfgs])
-    drop_p = torch.tensor([float(c["dropout"]) for c in cfgs], device=dev)
-    drop_p = drop_p if bool(drop_p.any()) else None
-    gens = [torch.Generator().manual_seed(c["seed"]) for c in cfgs]
-    dgen = torch.Generator(device=dev).manual_seed(cfgs[0]["seed"] + 7919)
-    xtr, ytr, xte, yte = (t.to(dev) for t in (data.x_train, data.y_train, data.x_test, data.y_test))
-    M, N = len(cfgs), len(xtr)
-    ckpts, hist = [], {k: [] for k in METRICS}
-    def record(tr_loss, tr_acc):
-        te_loss, te_acc = evaluate_population(net, P, xte, yte)
-        for k, v in zip(METRICS, (tr_loss, tr_acc, te_loss, te_acc)): hist[k].append(v.tolist())
-        ckpts.append({k: v.detach().cpu().clone() for k, v in P.items()})
-    record(*evaluate_population(net, P, xtr, ytr))
-    if on_epoch: on_epoch(0)
-    for ep in range(1, epochs + 1):
-        order = torch.stack([torch.randperm(N, generator=g) for g in gens]).to(dev)
-        tot_loss, tot_acc = torch.zeros(M, device=dev), torch.zeros(M, device=dev)
-        for i in range(0, N, bs):
-            ix = order[:, i:i+bs]
-            x, y = xtr[ix], ytr[ix]
-            out = population_forward(net, P, x, drop_p, dgen)
-            losses = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
-            opt.zero_grad(); losses.sum().backward(); opt.step()
-            tot_loss += losses.detach() * ix.shape[1]; tot_acc += (out.detach().argmax(-1) == y).sum(1)
-        record(tot_loss / N, tot_acc / N)
-        if on_epoch: on_epoch(ep)
-    states = [{k: torch.stack([c[k][j] for c in ckpts]) for k in P} for j in range(M)]
-    return states, [{k: [h[j] for h in hist[k]] for k in METRICS} for j in range(M)]
-
-# %% ../nbs/02_zoo.ipynb #6688032b
-def train_one(
-    cfg:dict, data:ImageData, epochs:int, arch:dict, bs:int=64,
-)->tuple[dict[str, Tensor], dict[str, list]]: # checkpoints [epochs+1, ...] and metrics, as `train_population`
-    "Train one model alone with `torch.optim` (the reference for `train_population`)"
-    net = make_net(arch["arch"], **{**arch.get("kwargs", {}), "act": cfg["act"], "dropout": cfg["dropout"]},
-                   init=cfg["init"], seed=cfg["seed"])
-    opt = (torch.optim.Adam(net.parameters(), lr=cfg["lr"], weight_decay=cfg["wd"]) if cfg["optimizer"] == "adam"
-           else torch.optim.SGD(net.parameters(), lr=cfg["lr"], momentum=0.9, weight_decay=cfg["wd"]))
-    g, N = torch.Generator().manual_seed(cfg["seed"]), len(data.x_train)
-    ckpts, hist = [], {k: [] for k in METRICS}
-    def evaluate(x, y):
-        net.eval()
-        with torch.no_grad(): out = net(x)
-        net.train()
-        return F.cross_entropy(out, y).item(), (out.argmax(-1) == y).float().mean().item()
-    def record(tr):
-        for k, v in zip(METRICS, (*tr, *evaluate(data.x_test, data.y_test))): hist[k].append(v)
-        ckpts.append({k: v.detach().clone() for k, v in net.state_dict().items()})
-    record(evaluate(data.x_train, data.y_train))
-    for ep in range(1, epochs + 1):
-        order, tot_loss, tot_acc = torch.randperm(N, generator=g), 0., 0
-        for i in range(0, N, bs):
-            x, y = data.x_train[order[i:i+bs]], data.y_train[order[i:i+bs]]
-            out = net(x); loss = F.cross_entropy(out, y)
-            opt.zero_grad(); loss.backward(); opt.step()
-            tot_loss += loss.item() * len(y); tot_acc += (out.argmax(-1) == y).sum().item()
-        record((tot_loss / N, tot_acc / N))
-    return {k: torch.stack([c[k] for c in ckpts]) for k in ckpts[0]}, hist
-
-# %% ../nbs/02_zoo.ipynb #76e3c6e0
 ZOO_FORMAT = "sane_nb.zoo/1"
 DEFAULT_ARCH = {"digits": "cnn_digits", "mnist": "cnn_small", "fashion_mnist": "cnn_small"}
 
@@ -250,7 +83,7 @@ def _train_chunk(dest, ids, settings, tick=None):
                   _model_file(dest, i, "json"))
     return ids
 
-# %% ../nbs/02_zoo.ipynb #01715f1b
+# %% ../nbs/02_zoo.ipynb #d231999b
 _TICKS = None
 
 def _worker_init(q):
@@ -290,7 +123,7 @@ def _run_chunks(dest, chunks, settings, n_workers, progress):
         for _ in _bar(ticks(), total, progress): pass
         for f in futs: f.result()  # re-raises a worker's error (a dead worker: BrokenProcessPool)
 
-# %% ../nbs/02_zoo.ipynb #a2b29c27
+# %% ../nbs/02_zoo.ipynb #37aa58d1
 def make_zoo(
     dest:str|Path,               # the zoo folder (created; resumed if it holds an unfinished zoo of the same settings)
     dataset:str="digits",        # see `sane_nb.data.load_dataset`
@@ -329,7 +162,7 @@ def make_zoo(
     if todo: _run_chunks(dest, todo, settings, n_workers, progress)
     return load_zoo(dest)
 
-# %% ../nbs/02_zoo.ipynb #9417c4d3
+# %% ../nbs/02_zoo.ipynb #9b620754
 class Zoo:
     "A model zoo: checkpoints (state dicts, loaded lazily) with a table of their properties"
     def __init__(self,
@@ -353,7 +186,7 @@ class Zoo:
     @property
     def epochs(self)->list[int]: return sorted(set(self.props["epoch"].tolist()))
 
-# %% ../nbs/02_zoo.ipynb #7e639138
+# %% ../nbs/02_zoo.ipynb #fe09d664
 from fastcore.basics import patch
 
 @patch
@@ -369,7 +202,7 @@ def split(self:Zoo,
     mid = self.props["model_id"]
     return {k: np.flatnonzero(np.isin(mid, v)) for k, v in parts.items()}
 
-# %% ../nbs/02_zoo.ipynb #a1874066
+# %% ../nbs/02_zoo.ipynb #6688032b
 @patch
 def make_model(self:Zoo,
     i:int|None=None, # a checkpoint index: build that model's network and load its weights
@@ -384,7 +217,7 @@ def make_model(self:Zoo,
     net.load_state_dict(sd)
     return net
 
-# %% ../nbs/02_zoo.ipynb #d3ba0913
+# %% ../nbs/02_zoo.ipynb #03be1688
 def checkpoint_problem(
     sd:dict[str, Tensor],          # a state dict
     weight_threshold:float=math.inf, # largest allowed |weight|
@@ -404,7 +237,7 @@ def _sig_diff(sig, ref):
     bad = [k for k in ref if sig[k] != ref[k]]
     return f"{bad[0]} has shape {sig[bad[0]]}, expected {ref[bad[0]]}" if bad else None
 
-# %% ../nbs/02_zoo.ipynb #46973017
+# %% ../nbs/02_zoo.ipynb #12cf9fd7
 def _props_row(model_id, name, epoch, met, cfg):
     row = {"model_id": model_id, "model": name, "epoch": int(epoch)}
     for k in METRICS: row[k] = float(met[k]) if met.get(k) is not None else math.nan
@@ -456,7 +289,7 @@ def _load_native(path, epochs, weight_threshold, strict):
         return {k: t[k][j].clone() for k in ref}  # safetensors sorts names: restore the network's order
     return Zoo(path, meta["arch"], [m[0] for m in models], _props_table(rows), loader, "native", meta)
 
-# %% ../nbs/02_zoo.ipynb #a6939ce5
+# %% ../nbs/02_zoo.ipynb #01715f1b
 PUBLISHED_KEYS = {"model::nlin": "act", "model::init_type": "init", "optim::optimizer": "optimizer", "optim::lr": "lr",
                   "optim::wd": "wd", "model::dropout": "dropout", "seed": "seed"}
 PUBLISHED_TYPES = {"CNN": "cnn_small", "CNN3": "cnn_large", "Resnet18": "resnet18", "ResNet18": "resnet18"}
@@ -478,7 +311,7 @@ def _config_from_params(params):
     if str(cfg.get("act", "")).lower() in ACTIVATIONS: cfg["act"] = str(cfg["act"]).lower()
     return cfg
 
-# %% ../nbs/02_zoo.ipynb #dfe969c3
+# %% ../nbs/02_zoo.ipynb #c63bc65d
 def read_results(
     path:Path,   # a result.json (JSON lines)
 )->list[dict]:
@@ -501,7 +334,7 @@ def _checkpoint_dirs(trial:Path)->dict[int, Path]:
         if m and d.is_dir(): out.setdefault(int(m.group(1)), d/"checkpoints")
     return out
 
-# %% ../nbs/02_zoo.ipynb #e514ca27
+# %% ../nbs/02_zoo.ipynb #9417c4d3
 def _load_modelzoos(path, epochs, weight_threshold, strict):
     trials = sorted(d for d in path.iterdir() if d.is_dir() and (d/"params.json").exists())
     rows, dropped, models, ref, arch = [], [], [], None, None
@@ -541,7 +374,7 @@ def _load_modelzoos(path, epochs, weight_threshold, strict):
     return Zoo(path, arch, [m[0] for m in models], _props_table(rows), lambda m, ep: load_torch(models[m][1][ep]),
                "modelzoos")
 
-# %% ../nbs/02_zoo.ipynb #bb91c1c4
+# %% ../nbs/02_zoo.ipynb #7e639138
 def load_zoo(
     path:str|Path,                 # a native zoo folder or a Model Zoos folder of trial folders
     epochs:list[int]|None=None,    # epochs to keep (e.g. [21, 22, 23, 24, 25]); None: all
@@ -557,7 +390,7 @@ def load_zoo(
         return _load_modelzoos(path, epochs, weight_threshold, strict)
     raise ValueError(f"{path}: not a model zoo (no zoo.json, and no sub-folder with a params.json)")
 
-# %% ../nbs/02_zoo.ipynb #da9c866a
+# %% ../nbs/02_zoo.ipynb #a1874066
 def write_modelzoo(
     zoo:Zoo,          # any zoo
     path:str|Path,    # the folder to write trial folders into
@@ -583,7 +416,7 @@ def write_modelzoo(
         with atomic_write(trial/"result.json", "w") as f: f.write("\n".join(lines) + "\n")
     return path
 
-# %% ../nbs/02_zoo.ipynb #fbf066f2
+# %% ../nbs/02_zoo.ipynb #d3ba0913
 FIXTURE = dict(dataset="digits", n_models=10, epochs=4, seed=0, kind="hyper",
                grid={"lr": [1e-2, 1e-3], "wd": [0.], "dropout": [0.]})
 

@@ -10,7 +10,8 @@ import torch
 from sane_nb.core import load_tensors, load_torch
 from sane_nb.data import load_dataset
 from sane_nb.nets import make_net
-from sane_nb.zoo import (fixture_zoo, load_zoo, make_zoo, model_configs, train_one, train_population, write_modelzoo)
+from sane_nb.population import train_one, train_population
+from sane_nb.zoo import fixture_zoo, load_zoo, make_zoo, model_configs, write_modelzoo
 
 ARCH = {"arch": "cnn_digits", "kwargs": {"in_ch": 1, "n_classes": 10}}
 
