@@ -102,7 +102,7 @@ def evaluate_population(net:ZooCNN, P:dict[str, Tensor], x:Tensor, y:Tensor, bs:
         acc = acc + (out.argmax(-1) == yy).sum(1)
     return loss / len(x), acc / len(x)
 
-# %% ../nbs/02_population.ipynb #f5bcaf05
+# %% ../nbs/02_population.ipynb #600d8eb9
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 
 def train_population(
@@ -150,7 +150,7 @@ def train_population(
     states = [{k: torch.stack([c[k][j] for c in ckpts]) for k in P} for j in range(M)]
     return states, [{k: [h[j] for h in hist[k]] for k in METRICS} for j in range(M)]
 
-# %% ../nbs/02_population.ipynb #304112e2
+# %% ../nbs/02_population.ipynb #cc4b08f6
 def train_one(
     cfg:dict, data:ImageData, epochs:int, arch:dict, bs:int=64,
 )->tuple[dict[str, Tensor], dict[str, list]]: # checkpoints [epochs+1, ...] and metrics, as `train_population`
