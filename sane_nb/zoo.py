@@ -156,7 +156,10 @@ def make_zoo(
         diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if diff: raise ValueError(f"{dest/'zoo.json'}: a zoo with other settings ({', '.join(diff)}) is already "
                                   f"there; choose another folder or delete it")
-    else: save_json(settings, dest/"zoo.json")
+    else:
+        other = sorted(p.name for p in dest.iterdir()) if dest.is_dir() else []
+        if other: raise ValueError(f"{dest}: not empty ({', '.join(other[:3])}, ...) and not a zoo made by make_zoo")
+        save_json(settings, dest/"zoo.json")
     todo = [c for c in plan_chunks(settings["models"], chunk_size)
             if not all(_model_file(dest, i, "json").exists() for i in c)]
     if todo: _run_chunks(dest, todo, settings, n_workers, progress)
