@@ -4,7 +4,7 @@
 
 # %% ../nbs/94_bench_sample.ipynb #a3fe65c0
 from __future__ import annotations
-import json, time
+import hashlib, json, time
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +12,13 @@ import torch
 
 from .core import cache_path, save_json
 from .data import load_digits
-from .zoo import make_zoo
+from .zoo import make_zoo, model_configs
 from .nets import make_net
 from .align import permutation_spec, align_epochs
 from .tokenize import LayerStats
 from .model import SaneConfig
 from .sample import pretrain_for_sampling, prompt_tokens, sample_models, reconstruct, relative_error, accuracy
-from .evaluate import compare_inits, summarize, noise_baseline, novelty_audit, holdout
+from .evaluate import compare_inits, summarize, noise_baseline, novelty_audit, holdout, class_subset, transpose_images
 
 # %% auto #0
 __all__ = ['SIZES', 'bench_zoo', 'run']
@@ -51,7 +51,8 @@ def bench_zoo(
     "The sampling benchmark on one digits zoo"
     sz, data = SIZES[quick], load_digits()
     folder = Path(folder or cache_path()/"bench_sample")
-    zoo = make_zoo(folder/f"{kind}_{sz['n_models']}x{sz['epochs']}", "digits", n_models=sz["n_models"],
+    key = hashlib.sha1(json.dumps(model_configs(sz["n_models"], None, kind, 0)).encode()).hexdigest()[:8]
+    zoo = make_zoo(folder/f"{kind}_{sz['n_models']}x{sz['epochs']}_{key}", "digits", n_models=sz["n_models"],
                    epochs=sz["epochs"], seed=0, kind=kind, n_workers=1, progress=False)
     P, tr = zoo.props, zoo.split(seed=42)["train"]
     last = [int(i) for i in tr if P["epoch"][i] == sz["epochs"]]
@@ -70,7 +71,7 @@ def bench_zoo(
     N = prompt_tokens(prompts[:1], stats, 16)[0].shape[1]
     cfg = SaneConfig(tokensize=16, d_model=64, n_heads=4, n_layers=2, lat_dim=16, windowsize=N, max_positions=[N, 8, 32])
     t0 = time.time()
-    sane = pretrain_for_sampling([sds[i] for i in good], stats, cfg, steps=sz["steps"], device="cpu")
+    sane = pretrain_for_sampling([sds[i] for i in good], stats, cfg, steps=sz["steps"])
     t_train = time.time() - t0
     rec = relative_error(reconstruct(sane, prompts, stats), prompts)
     res = compare_inits(sane, prompts, stats, make_model, data, n=sz["n"], epochs=sz["ft_epochs"],
@@ -81,11 +82,16 @@ def bench_zoo(
     zoo_ids = [i for i in sds if P["act"][i] == act]
     audit = novelty_audit(s.state_dicts, noisy, [sds[i] for i in zoo_ids], make_model, data.x_test, data.y_test,
                           zoo_ids=[P["model_id"][i] for i in zoo_ids], reference=sds[cand[0]])
+    transfer = {}
+    for name, task in (("classes_5-9", class_subset(data, [5, 6, 7, 8, 9])), ("transposed", transpose_images(data))):
+        t = compare_inits(sane, prompts, stats, make_model, task, n=sz["n"], epochs=sz["ft_epochs"], populations=1,
+                          k=4*sz["n"], init=P["init"][prompt_ids[0]])
+        transfer[name] = summarize(t, (0, 1, sz["ft_epochs"]))
     modes = {}
     for mode, bw, rel in (("joint", 0.2, True), ("joint", 0.0, True), ("token", 0.2, True), ("published", 0.2, False)):
         sm = sample_models(sane, prompts, 2*sz["n"], stats, make_model, mode=mode, bandwidth=bw, relative=rel, seed=7)
         modes[f"{mode}_{bw}{'_rel' if rel else ''}"] = float(np.mean([_acc(make_model, sd, data) for sd in sm.state_dicts]))
-    return {"acc": summarize(res, (0, 1, sz["ft_epochs"])), "recon_rel_err": rec.mean().item(), "epoch0_by_mode": modes,
+    return {"acc": summarize(res, (0, 1, sz["ft_epochs"])), "recon_rel_err": rec.mean().item(), "epoch0_by_mode": modes, "transfer": transfer,
             "recon_rel_err_max": rec.max().item(), "novelty": audit, "dist_to_prompt": float(res["dist"].mean()),
             "act": act, "n_prompts": len(prompts), "pretrain_s": round(t_train, 1), "sane_steps": sz["steps"],
             "curves": {m: res[m].mean(1).tolist() for m in ("sane", "scratch", "prompts", "noise")}}

@@ -136,7 +136,7 @@ def plot_curves(res:dict, ax=None, figsize=(4, 3), title:str|None=None):
     ax.set(xlabel="fine-tuning epochs", ylabel="test accuracy", title=title); ax.legend(fontsize=7)
     return ax
 
-# %% ../nbs/09b_evaluate.ipynb #1cd68e28
+# %% ../nbs/09b_evaluate.ipynb #625256b1
 def class_subset(data, classes:list)->object:
     "An `ImageData` with only `classes`, relabelled 0..len(classes)-1 in the given order"
     def pick(x, y):
@@ -152,7 +152,7 @@ def transpose_images(data)->object:
     return dataclasses.replace(data, name=f"{data.name}.T", x_train=data.x_train.transpose(-1, -2).contiguous(),
                                x_test=data.x_test.transpose(-1, -2).contiguous())
 
-# %% ../nbs/09b_evaluate.ipynb #a7729640
+# %% ../nbs/09b_evaluate.ipynb #21d43fa8
 def _audit(vecs, wrong, sds, Z, Zw, zoo_sds, spec, candidates, exclude=None):
     "Nearest zoo checkpoint of each model: pre-select in the common frame, then match each candidate directly"
     d = torch.cdist(vecs, Z)
