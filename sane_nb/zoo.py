@@ -157,7 +157,7 @@ def make_zoo(
         if diff: raise ValueError(f"{dest/'zoo.json'}: a zoo with other settings ({', '.join(diff)}) is already "
                                   f"there; choose another folder or delete it")
     else:
-        other = sorted(p.name for p in dest.iterdir()) if dest.is_dir() else []
+        other = sorted(p.name for p in dest.iterdir() if not p.name.startswith(".")) if dest.is_dir() else []
         if other: raise ValueError(f"{dest}: not empty ({', '.join(other[:3])}, ...) and not a zoo made by make_zoo")
         save_json(settings, dest/"zoo.json")
     todo = [c for c in plan_chunks(settings["models"], chunk_size)
