@@ -271,3 +271,13 @@ def test_native_damage(tmp_path):
     with pytest.warns(UserWarning, match="unfinished"): assert len(load_zoo(tmp_path/"z")) == 2
     again = make_zoo(tmp_path/"z", n_models=3, epochs=1, kind="seed", n_workers=1, progress=False)
     assert_same_zoo(again, zoo)
+
+
+def test_fixture_zoo_built_by_two_processes_at_once(tmp_path):
+    # nbdev_test runs notebooks in parallel, and every later notebook asks for the same cached fixture zoo
+    code = "import sys; from sane_nb.zoo import fixture_zoo; print(len(fixture_zoo(sys.argv[1])))"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path/"fx")], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0] and [o.split()[-1] for o in outs] == ["50", "50"]
+    assert_same_zoo(load_zoo(tmp_path/"fx"), fixture_zoo(tmp_path/"again"))
