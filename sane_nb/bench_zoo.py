@@ -4,7 +4,7 @@
 
 # %% ../nbs/90_bench_zoo.ipynb #eadcd111
 from __future__ import annotations
-import json, tempfile, time
+import json, resource, tempfile, time
 import numpy as np
 import torch
 from .core import save_json
@@ -30,13 +30,17 @@ def _time_speedup(n_models, epochs):
 def _quantiles(a, qs=(0, .1, .25, .5, .75, .9, 1)): return {str(q): round(float(np.quantile(a, q)), 4) for q in qs}
 
 # %% ../nbs/90_bench_zoo.ipynb #77a89bbd
+def _cpu_s():
+    "CPU seconds used so far by this process and its finished children"
+    return sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+
 def _time_zoo(n_models, epochs):
-    "Wall seconds of make_zoo (2 workers) for a digits hyperparameter zoo, and the zoo"
+    "Wall and CPU seconds of make_zoo (2 workers) for a digits hyperparameter zoo, and the zoo"
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_s()
         zoo = make_zoo(f"{tmp}/zoo", dataset="digits", n_models=n_models, epochs=epochs, seed=0, kind="hyper",
                        n_workers=2, progress=False)
-        return time.perf_counter() - t0, zoo
+        return time.perf_counter() - t0, _cpu_s() - c0, zoo
 
 def run(
     quick:bool=False,     # small sizes (about 3 minutes on 2 cores) to check that it works
@@ -49,14 +53,16 @@ def run(
         n_sp, ep_sp = (40, 2) if quick else (200, 2)
         t_batched, t_single = _time_speedup(n_sp, ep_sp)
         if quick:  # 200 models for 1 and for 3 epochs; a line through both gives 25 epochs
-            (t1, _), (t3, zoo) = _time_zoo(200, 1), _time_zoo(200, 3)
-            t_zoo, how = t1 + (t3 - t1) / 2 * 24, f"extrapolated linearly in epochs from 200x1 ({t1:.1f}s) and 200x3 ({t3:.1f}s)"
-        else: (t_zoo, zoo), how = _time_zoo(200, 25), None
+            (t1, c1, _), (t3, c3, zoo) = _time_zoo(200, 1), _time_zoo(200, 3)
+            t_zoo, c_zoo = t1 + (t3 - t1) / 2 * 24, c1 + (c3 - c1) / 2 * 24
+            how = f"extrapolated linearly in epochs from 200x1 ({t1:.1f}s) and 200x3 ({t3:.1f}s)"
+        else: (t_zoo, c_zoo, zoo), how = _time_zoo(200, 25), None
         acc, ep = zoo.props["test_acc"].astype(float), zoo.props["epoch"]
     finally: torch.set_num_threads(nthreads)
     res = {"speedup": round(t_single / t_batched, 2), "speedup_population": f"{n_sp} models x {ep_sp} epochs, hyper grid",
            "batched_s": round(t_batched, 2), "one_at_a_time_s": round(t_single, 2),
            "zoo_200x25_s": round(t_zoo, 1), "zoo_200x25_extrapolated_from": how,
+           "zoo_200x25_cpu_s": round(c_zoo, 1), "zoo_200x25_cpu_s_per_core": round(c_zoo / 2, 1),
            "zoo_kind": "hyper", "zoo_checkpoints": len(zoo), "zoo_epochs": int(ep.max()),
            "test_acc_quantiles": _quantiles(acc), "test_acc_quantiles_last_epoch": _quantiles(acc[ep == ep.max()]),
            "threads_per_process": 1, "workers": 2, "quick": quick}
