@@ -221,3 +221,16 @@ def test_embed_std_matches_per_token_latents(tiny_sane):
     torch.testing.assert_close(e.model_std, z.std(1, correction=0), atol=1e-4, rtol=1e-3)
     for l in range(3):
         torch.testing.assert_close(e.layers_std[:, l], z[:, pos[:, 1] == l].std(1, correction=0), atol=1e-4, rtol=1e-3)
+
+
+# ---------------------------------------------------------------- benchmark
+def test_bench_probe_zoo_smoke():
+    from sane_nb.zoo import fixture_zoo
+    from sane_nb.bench_probe import probe_zoo, aggregate, summary_markdown
+    r = probe_zoo(fixture_zoo(), seed=0, steps=20, bs=8, categorical=())
+    assert r["n_steps"] >= 20 and set(r["time_s"]) == {"tokenize", "pretrain", "embed", "probe"}
+    agg = aggregate([r["table"]])
+    assert set(agg) == {"linear", "nonlinear"}
+    assert set(agg["linear"]["r2"]) == {"sane", "sane_std", "sane_layers", "s(W)", "W"}
+    assert {"test_acc", "epoch", "ggap", "test_acc_std"} <= set(agg["nonlinear"]["tau"]["s(W)"])
+    assert "| hyper | linear | sane |" in summary_markdown({"hyper": agg})
