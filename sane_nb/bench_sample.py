@@ -24,8 +24,8 @@ from .evaluate import compare_inits, summarize, noise_baseline, novelty_audit, h
 __all__ = ['SIZES', 'bench_zoo', 'run']
 
 # %% ../nbs/94_bench_sample.ipynb #03c2476f
-SIZES = {True: dict(n_models=24, epochs=8, steps=500, n=3, populations=3, ft_epochs=5),
-         False: dict(n_models=60, epochs=15, steps=3000, n=5, populations=3, ft_epochs=5)}
+SIZES = {True: dict(n_models=24, epochs=8, steps=1000, bs=8, n=3, populations=3, ft_epochs=5),
+         False: dict(n_models=60, epochs=15, steps=3000, bs=16, n=5, populations=3, ft_epochs=5)}
 
 def _aligned_zoo(zoo, ids_by_model, ref_id):
     "Every checkpoint, aligned model by model to checkpoint `ref_id`: {checkpoint index: state dict}"
@@ -71,7 +71,7 @@ def bench_zoo(
     N = prompt_tokens(prompts[:1], stats, 16)[0].shape[1]
     cfg = SaneConfig(tokensize=16, d_model=64, n_heads=4, n_layers=2, lat_dim=16, windowsize=N, max_positions=[N, 8, 32])
     t0 = time.time()
-    sane = pretrain_for_sampling([sds[i] for i in good], stats, cfg, steps=sz["steps"])
+    sane = pretrain_for_sampling([sds[i] for i in good], stats, cfg, steps=sz["steps"], bs=sz["bs"])
     t_train = time.time() - t0
     rec = relative_error(reconstruct(sane, prompts, stats), prompts)
     res = compare_inits(sane, prompts, stats, make_model, data, n=sz["n"], epochs=sz["ft_epochs"],
