@@ -14,7 +14,7 @@ from .core import cache_path, save_json
 from .model import SaneConfig
 from .zoo import make_zoo
 from .dataset import tokenize_zoo
-from .probe import embed, weight_stats, flat_weights, predict_properties, pretrain_on_zoo
+from .probe import predict_properties, pretrain_on_zoo, representations
 
 # %% auto #0
 __all__ = ['SIZES', 'SEEDS', 'bench_sane_config', 'bench_zoo', 'probe_zoo', 'aggregate', 'summary_markdown', 'run']
@@ -64,15 +64,11 @@ def probe_zoo(
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
         tz = tokenize_zoo(zoo, tmp, tokensize=tokensize, splits=zoo.split(seed=42 + seed), progress=False)
-        tokens, mask, pos = tz.tokens, tz.mask, tz.pos
         t1 = time.time()
         cfg = bench_sane_config(sane, tz)
         model, losses = pretrain_on_zoo(tz, cfg, steps=steps, bs=bs, seed=seed)
         t2 = time.time()
-        emb = embed(model, tokens, pos, halo=min(halo, (cfg.windowsize - 1)//2))
-        feats = {"sane": emb.model, "sane_std": torch.cat([emb.model, emb.model_std], 1),
-                 "sane_layers": torch.cat([emb.layers, emb.layers_std], -1).flatten(1),
-                 "s(W)": weight_stats(tokens, mask, pos), "W": flat_weights(tokens, mask)}
+        feats = representations(model, tz, halo=min(halo, (cfg.windowsize - 1)//2))
         t3 = time.time()
         table = predict_properties(feats, tz.props, tz.splits, categorical=categorical, seed=seed)
         t4 = time.time()

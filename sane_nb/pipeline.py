@@ -17,13 +17,13 @@ from .zoo import load_zoo, make_zoo
 from .dataset import tokenize_zoo, load_token_zoo
 from .model import SaneConfig
 from .train import load_sane
-from .probe import embed, weight_stats, flat_weights, predict_properties, pretrain_on_zoo
+from .probe import predict_properties, pretrain_on_zoo, representations
 from .evaluate import compare_inits, summarize, plot_curves, holdout, noise_baseline, novelty_audit
 from .sample import sample_models, reconstruct, relative_error
 
 # %% auto #0
-__all__ = ['PRESETS', 'DEMO_SIZES', 'fit_config', 'pretrain_run', 'Run', 'load_run', 'representations', 'probe_run', 'sample_run',
-           'demo', 'demo_report']
+__all__ = ['PRESETS', 'DEMO_SIZES', 'fit_config', 'pretrain_run', 'Run', 'load_run', 'probe_run', 'sample_run', 'demo',
+           'demo_report']
 
 # %% ../nbs/10_pipeline.ipynb #7edcb4a7
 PRESETS = {"tiny": SaneConfig.tiny,
@@ -113,17 +113,6 @@ def load_run(path:str|Path)->Run:
     return Run(path, settings, load_token_zoo(path/"tokens"), load_sane(path/"sane"))
 
 # %% ../nbs/10_pipeline.ipynb #56f32fe8
-def representations(
-    sane,                   # a trained SANE
-    tz,                     # the `TokenZoo` it was trained on
-    halo:int|None=None,     # embedding halo; None = windowsize // 4
-)->dict:                    # name -> [n_checkpoints, d] features
-    "SANE embeddings (mean, mean+std, per layer) beside the baselines s(W) and W, for every checkpoint of `tz`"
-    emb = embed(sane, tz.tokens, tz.pos, halo=halo)
-    return {"sane": emb.model, "sane_std": torch.cat([emb.model, emb.model_std], 1),
-            "sane_layers": torch.cat([emb.layers, emb.layers_std], -1).flatten(1),
-            "s(W)": weight_stats(tz.tokens, tz.mask, tz.pos), "W": flat_weights(tz.tokens, tz.mask)}
-
 def probe_run(
     run:str|Path|Run,       # a run folder
     out:str|Path|None=None, # output folder; default `run/probe`

@@ -18,7 +18,7 @@ from .core import save_json
 # %% auto #0
 __all__ = ['RIDGE_LAMBDAS', 'LOGISTIC_CS', 'halo_windows', 'check_positions', 'encode_windows', 'Embeddings', 'embed',
            'encode_tokens', 'weight_stats', 'flat_weights', 'r2_score', 'kendall_tau', 'Standardizer', 'ridge_fit',
-           'fit_probe', 'ProbeTable', 'predict_properties', 'pretrain_on_zoo']
+           'fit_probe', 'ProbeTable', 'predict_properties', 'pretrain_on_zoo', 'representations']
 
 # %% ../nbs/08_probe.ipynb #7c1cef27
 def halo_windows(
@@ -329,3 +329,16 @@ def pretrain_on_zoo(
     dl = token_loaders(tz, cfg.windowsize, bs, splits=("train",), supersample=math.ceil(steps*bs/n_train), noise=noise)["train"]
     learn = pretrain(cfg, dl, epochs=1, lr=lr, seed=seed, **{"progress": False, **kwargs})
     return learn.model.cpu().eval(), list(learn.metrics.losses)
+
+# %% ../nbs/08_probe.ipynb #8b3304e9
+def representations(
+    sane,                   # a trained SANE
+    tz,                     # the `TokenZoo` it was trained on (aligned, standardised tokens)
+    halo:int|None=None,     # embedding halo; None = windowsize // 4
+)->dict:                    # name -> [n_checkpoints, d] features
+    "Every representation the probes compare, for each checkpoint of `tz`: SANE embeddings, s(W) and W"
+    emb = embed(sane, tz.tokens, tz.pos, halo=halo)
+    return {"sane": emb.model,                                          # published: mean over tokens
+            "sane_std": torch.cat([emb.model, emb.model_std], 1),        # + the spread of the latents
+            "sane_layers": torch.cat([emb.layers, emb.layers_std], -1).flatten(1), # mean and spread per layer
+            "s(W)": weight_stats(tz.tokens, tz.mask, tz.pos), "W": flat_weights(tz.tokens, tz.mask)}
