@@ -179,7 +179,7 @@ def sample_run(
     return summary
 
 # %% ../nbs/10_pipeline.ipynb #32851915
-DEMO_SIZES = {False: dict(n_models=60, epochs=10, steps=400, bs=16, n=5, populations=3, ft_epochs=5, k=20),
+DEMO_SIZES = {False: dict(n_models=60, epochs=10, steps=300, bs=16, n=5, populations=3, ft_epochs=5, k=20),
               True: dict(n_models=12, epochs=3, steps=20, bs=8, n=2, populations=1, ft_epochs=1, k=4)}
 
 def demo(
