@@ -107,7 +107,7 @@ def tokenize_zoo(
     standardize_layers:bool=True, # per-layer standardisation with training-split statistics
     max_iter:int=100,           # weight matching sweeps
     progress:bool=True,         # show a progress bar
-)->TokenZoo:
+)->"TokenZoo": # the tokenized zoo (defined below)
     "Align, standardise and tokenize every checkpoint of `zoo` into `dest`"
     dest, n = Path(dest), len(zoo)
     if n == 0: raise ValueError("tokenize_zoo: the zoo is empty")
