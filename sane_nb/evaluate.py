@@ -33,6 +33,7 @@ def holdout(
     v, t = idx[:nv], idx[nv:]
     return dataclasses.replace(data, x_train=data.x_train[t], y_train=data.y_train[t]), (data.x_train[v], data.y_train[v])
 
+# %% ../nbs/09b_evaluate.ipynb #85829379
 def finetune(
     net:nn.Module,         # the network to train (changed in place)
     data,                  # `ImageData`: trains on x_train, evaluates on x_test
@@ -55,7 +56,7 @@ def finetune(
         accs.append(accuracy(net, data.x_test, data.y_test))
     return accs
 
-# %% ../nbs/09b_evaluate.ipynb #43a22532
+# %% ../nbs/09b_evaluate.ipynb #14a20d5c
 def noise_baseline(
     prompts:list,          # prompt state dicts
     samples:list,          # sampled state dicts
@@ -73,7 +74,7 @@ def noise_baseline(
         out.append({**{k: v.clone() for k, v in prompts[j].items()}, **{k: prompts[j][k] + scale*e for k, e in zip(keys, eps)}})
     return out, torch.stack(dists)
 
-# %% ../nbs/09b_evaluate.ipynb #e4e3aeea
+# %% ../nbs/09b_evaluate.ipynb #78af9fbc
 def _curves(sds, make_model, data, bn_x, epochs, seed, **ft):
     out = []
     for j, sd in enumerate(sds):
@@ -111,7 +112,7 @@ def compare_inits(
         res["dist"].append(dist.tolist())
     return {m: np.array(v) for m, v in res.items()}
 
-# %% ../nbs/09b_evaluate.ipynb #a0a4fbf4
+# %% ../nbs/09b_evaluate.ipynb #317e78ba
 def summarize(
     res:dict,              # output of `compare_inits`
     epochs:tuple=(0, 1, 5), # epochs to report (those beyond the curves are skipped)
@@ -125,6 +126,7 @@ def summarize(
                   for k, v in ((str(e), float(pop[:, e].mean())), (f"{e}_std", float(pop[:, e].std())))}
     return out
 
+# %% ../nbs/09b_evaluate.ipynb #49efc912
 def plot_curves(res:dict, ax=None, figsize=(4, 3), title:str|None=None):
     "Mean test accuracy ± std over populations, per method, against fine-tuning epochs"
     import matplotlib.pyplot as plt
@@ -136,7 +138,7 @@ def plot_curves(res:dict, ax=None, figsize=(4, 3), title:str|None=None):
     ax.set(xlabel="fine-tuning epochs", ylabel="test accuracy", title=title); ax.legend(fontsize=7)
     return ax
 
-# %% ../nbs/09b_evaluate.ipynb #625256b1
+# %% ../nbs/09b_evaluate.ipynb #a7729640
 def class_subset(data, classes:list)->object:
     "An `ImageData` with only `classes`, relabelled 0..len(classes)-1 in the given order"
     def pick(x, y):
@@ -147,12 +149,13 @@ def class_subset(data, classes:list)->object:
     return dataclasses.replace(data, name=f"{data.name}[{','.join(map(str, classes))}]", x_train=xtr, y_train=ytr,
                                x_test=xte, y_test=yte)
 
+# %% ../nbs/09b_evaluate.ipynb #21d43fa8
 def transpose_images(data)->object:
     "An `ImageData` whose images are transposed (a new input distribution, same labels)"
     return dataclasses.replace(data, name=f"{data.name}.T", x_train=data.x_train.transpose(-1, -2).contiguous(),
                                x_test=data.x_test.transpose(-1, -2).contiguous())
 
-# %% ../nbs/09b_evaluate.ipynb #21d43fa8
+# %% ../nbs/09b_evaluate.ipynb #823c8655
 def _audit(vecs, wrong, sds, Z, Zw, zoo_sds, spec, candidates, exclude=None):
     "Nearest zoo checkpoint of each model: pre-select in the common frame, then match each candidate directly"
     d = torch.cdist(vecs, Z)

@@ -143,17 +143,19 @@ def condition_bn(
     for m, mo in zip(bns, old): m.momentum = mo
     return net.eval()
 
+# %% ../nbs/09_sample.ipynb #431e3916
 def accuracy(net:nn.Module, x:Tensor, y:Tensor, bs:int=1024)->float:
     "Fraction of `x` that `net` (in eval mode) classifies as `y`"
     return (predictions(net, x, bs) == y).float().mean().item()
 
+# %% ../nbs/09_sample.ipynb #f6d70e37
 def predictions(net:nn.Module, x:Tensor, bs:int=1024)->Tensor:
     "Predicted classes of `net` (in eval mode) on `x`"
     net.eval()
     dev = next(net.parameters()).device
     with torch.no_grad(): return torch.cat([net(x[i:i+bs].to(dev)).argmax(-1).cpu() for i in range(0, len(x), bs)])
 
-# %% ../nbs/09_sample.ipynb #49dbb4c2
+# %% ../nbs/09_sample.ipynb #10b2426c
 @dataclass
 class Samples:
     "Sampled models: state dicts, their latents and anchors, and validation accuracies if they were subsampled"
@@ -168,7 +170,7 @@ class Samples:
 
 def _has_bn(net): return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
-# %% ../nbs/09_sample.ipynb #bec910d8
+# %% ../nbs/09_sample.ipynb #20659990
 def sample_models(
     sane:SANE,             # a trained autoencoder
     prompts:list,          # state dicts of the prompt models (one architecture, aligned like the training data)
@@ -209,15 +211,17 @@ def sample_models(
     sds = [{k_: v.detach().clone() for k_, v in nets[j].state_dict().items()} for j in keep.tolist()]
     return Samples(sds, zs[keep], anchors[keep], va)
 
-# %% ../nbs/09_sample.ipynb #6a8b2eac
+# %% ../nbs/09_sample.ipynb #9025a109
 def weight_vector(sd:dict)->Tensor:
     "All floating-point entries of a state dict, flattened into one vector (state-dict order)"
     return torch.cat([v.detach().flatten().float() for k, v in sd.items() if v.is_floating_point()])
 
+# %% ../nbs/09_sample.ipynb #b88fe76a
 def relative_error(sds:list, targets:list)->Tensor:
     "Per model: ||w - w_target|| / ||w_target|| over all floating-point entries"
     return torch.stack([(weight_vector(a) - weight_vector(b)).norm()/weight_vector(b).norm() for a, b in zip(sds, targets)])
 
+# %% ../nbs/09_sample.ipynb #0638b272
 def reconstruct(
     sane:SANE, sds:list, stats:LayerStats,
     halo:int|None=None, batch_size:int=64, ignore_bn:bool=False,
