@@ -51,9 +51,11 @@ def with_config(
     if unknown: raise ValueError(f"{config}: unknown options {sorted(unknown)}; known: {sorted(defaults)}")
     return {k: v if v != defaults.get(k) else cfg.get(k, v) for k, v in given.items()}
 
-# %% ../nbs/10b_cli.ipynb #83dcb35f
+# %% ../nbs/10b_cli.ipynb #a7695917
 def _run(fn, config, given, defaults):
     "Call a pipeline function with merged options; errors become one clear line instead of a traceback"
+    import os, torch
+    torch.set_num_threads(int(os.environ.get("SANE_THREADS", 1)))
     try: return fn(**with_config(config, given, defaults))
     except (ValueError, FileNotFoundError, KeyError, ConnectionError) as e: raise SystemExit(f"{fn.__name__}: {e}") from None
 
@@ -74,7 +76,7 @@ def sane_zoo(
     print(_run(make_zoo, config, dict(dest=dest, dataset=dataset, n_models=n_models, epochs=epochs, kind=kind, seed=seed,
                                       n_workers=n_workers), d))
 
-# %% ../nbs/10b_cli.ipynb #ddee258a
+# %% ../nbs/10b_cli.ipynb #3fe21870
 @call_parse
 def sane_pretrain(
     zoo:str,                  # zoo folder (native or published Model Zoos layout)
@@ -95,7 +97,7 @@ def sane_pretrain(
     print(json.dumps(_run(pretrain_run, config, dict(zoo=zoo, out=out, preset=preset, steps=steps, bs=bs, lr=lr,
                                                      tokensize=tokensize, windowsize=windowsize, min_acc=min_acc, seed=seed), d)))
 
-# %% ../nbs/10b_cli.ipynb #a7695917
+# %% ../nbs/10b_cli.ipynb #42a3ddb9
 @call_parse
 def sane_probe(
     run:str,                  # run folder of sane_pretrain
@@ -110,7 +112,7 @@ def sane_probe(
     table = _run(probe_run, config, dict(run=run, out=out, families=fam, seed=seed), dict(families=("linear", "nonlinear"), seed=0))
     print(table._repr_markdown_())
 
-# %% ../nbs/10b_cli.ipynb #3fe21870
+# %% ../nbs/10b_cli.ipynb #50fd75ba
 @call_parse
 def sane_sample(
     run:str,                  # run folder of sane_pretrain
@@ -131,7 +133,7 @@ def sane_sample(
                                         k=k or None, dataset=dataset, seed=seed), d)
     print(json.dumps(res))
 
-# %% ../nbs/10b_cli.ipynb #42a3ddb9
+# %% ../nbs/10b_cli.ipynb #5e674eb0
 @call_parse
 def sane_demo(
     out:str="sane_demo",      # report folder
