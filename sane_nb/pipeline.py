@@ -179,7 +179,7 @@ def sample_run(
     return summary
 
 # %% ../nbs/10_pipeline.ipynb #32851915
-DEMO_SIZES = {False: dict(n_models=60, epochs=10, steps=300, bs=16, n=5, populations=3, ft_epochs=5, k=20),
+DEMO_SIZES = {False: dict(n_models=60, epochs=10, steps=1500, bs=16, n=5, populations=3, ft_epochs=5, k=20),
               True: dict(n_models=12, epochs=3, steps=20, bs=8, n=2, populations=1, ft_epochs=1, k=4)}
 
 def demo(
@@ -207,7 +207,7 @@ def demo_report(res:dict)->str:
     run, s = res["run"], res["sample"]
     lin = res["probe"].get("linear", {}).get("r2", {})
     rows = [f"| {rep} | " + " | ".join(f"{lin.get(rep, {}).get(t, float('nan')):.3f}" for t in ("test_acc", "epoch", "ggap")) + " |"
-            for rep in ("sane", "s(W)", "W")]
+            for rep in ("sane", "sane_layers", "s(W)", "W")]
     acc = s["acc"]
     eps = [e for e in acc["sane"] if not e.endswith("_std")]
     arows = [f"| {m} | " + " | ".join(f"{acc[m][e]:.3f} ± {acc[m][e + '_std']:.3f}" for e in eps) + " |" for m in acc]
@@ -217,8 +217,9 @@ def demo_report(res:dict)->str:
         f"{run['steps']} steps, loss {run['loss_first']:.3f} -> {run['loss_last']:.3f}. Total {res['seconds']:.0f} s.", "",
         "## Property prediction (linear ridge probe, R² on the test split)", "",
         "How much of each property's variance across held-out models a linear probe on each representation explains "
-        "(1 = perfect, 0 = no better than the mean). `sane`: mean-pooled SANE embeddings; `s(W)`: per-layer weight "
-        "statistics; `W`: all weights.", "",
+        "(1 = perfect, 0 = no better than the mean). `sane`: SANE embeddings averaged over all tokens (the published "
+        "choice); `sane_layers`: their mean and spread per layer; `s(W)`: per-layer weight statistics (the baseline "
+        "to beat); `W`: all weights.", "",
         "| representation | test accuracy | epoch | generalisation gap |", "|---|---|---|---|", *rows, "",
         "Full table (linear and non-linear probes, Kendall τ): `probe/probe.md`.", "",
         "## Sampled models (test accuracy after fine-tuning epochs, mean ± std over sampled populations)", "",
