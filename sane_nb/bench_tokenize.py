@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .core import save_json
-from .nets import make_net
+from .nets import make_net, randomize_bn
 from .tokenize import tokenize, detokenize, token_layout
 from .align import permutation_spec, weight_matching
 from .dataset import TokenPermuter, tokenize_zoo, TokenDataset
@@ -36,11 +36,7 @@ def _timed(f, reps:int)->tuple[float, float]:
 def _net_sd(arch:str, seed:int)->dict:
     "A state dict of `arch` with random weights and non-trivial BatchNorm statistics"
     torch.manual_seed(seed)
-    net = make_net(arch)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.data.uniform_(.5, 1.5); m.bias.data.normal_(0, .1); m.running_mean.normal_(0, .1); m.running_var.uniform_(.5, 2)
-    return net.state_dict()
+    return randomize_bn(make_net(arch)).state_dict()
 
 # %% ../nbs/91_bench_tokenize.ipynb #ab232aca
 def _rowloop_tokenize(sd, T):

@@ -10,7 +10,7 @@ from torch import nn, Tensor
 
 # %% auto #0
 __all__ = ['ACTIVATIONS', 'ARCHS', 'INITS', 'make_act', 'ActDropout', 'ZooCNN', 'cnn_small', 'cnn_digits', 'cnn_large',
-           'BasicBlock', 'ResNet18', 'make_net', 'init_weights']
+           'BasicBlock', 'ResNet18', 'make_net', 'init_weights', 'randomize_bn']
 
 # %% ../nbs/02_nets.ipynb #e9b19fd3
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
@@ -174,3 +174,16 @@ def _init_layer(m, init, g):
     else:
         bound = 1 / math.sqrt(fan_in)  # PyTorch's default: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), ..)
         w.uniform_(-bound, bound, generator=g); b is None or b.uniform_(-bound, bound, generator=g)
+
+# %% ../nbs/02_nets.ipynb #9374128c
+def randomize_bn(
+    net:nn.Module,                       # changed in place
+    generator:torch.Generator|None=None, # source of randomness (default: torch's global one)
+)->nn.Module:                            # `net`, in eval mode
+    "Give every BatchNorm layer non-trivial affine parameters and running statistics, as after training"
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            with torch.no_grad():
+                m.weight.uniform_(.5, 1.5, generator=generator); m.bias.normal_(0, .1, generator=generator)
+                m.running_mean.normal_(0, .1, generator=generator); m.running_var.uniform_(.5, 2, generator=generator)
+    return net.eval()

@@ -1,7 +1,7 @@
 "Permutation specs, function-preserving permutations and weight matching of `sane_nb.align`."
 import pytest, torch
 from torch import nn
-from sane_nb.nets import make_net
+from sane_nb.nets import make_net, randomize_bn
 from sane_nb.align import (permutation_spec, apply_permutation, random_permutation, weight_matching,
                            align_epochs, PermutationSpec)
 
@@ -9,11 +9,7 @@ SHAPES = {"cnn_small": (3, 1, 28, 28), "cnn_digits": (3, 1, 8, 8), "cnn_large": 
 
 def _net(arch, seed=0):
     torch.manual_seed(seed)
-    net = make_net(arch)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.data.uniform_(.5, 1.5); m.bias.data.normal_(0, .1); m.running_mean.normal_(0, .1); m.running_var.uniform_(.5, 2)
-    return net.eval()
+    return randomize_bn(make_net(arch))
 
 def _logits(arch, sd, x):
     net = make_net(arch).eval(); net.load_state_dict(sd)
