@@ -65,11 +65,18 @@ def atomic_write(
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes files private (0600); give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp): os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+def _file_mode(path:Path)->int:
+    "The permissions for `path`: those of the file it replaces, else what the umask allows (usually 0644)"
+    if path.exists(): return path.stat().st_mode & 0o777
+    umask = os.umask(0); os.umask(umask)
+    return 0o666 & ~umask
 
 def _fsync_dir(folder):
     "Make a rename durable by syncing the folder's entry (not possible on every platform)"

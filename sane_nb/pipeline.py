@@ -18,6 +18,7 @@ from .dataset import tokenize_zoo, load_token_zoo
 from .model import SaneConfig
 from .train import load_sane
 from .probe import predict_properties, pretrain_on_zoo, representations
+from .analysis import plot_pca
 from .evaluate import compare_inits, summarize, plot_curves, holdout, noise_baseline, novelty_audit
 from .sample import sample_models, reconstruct, relative_error
 
@@ -119,13 +120,23 @@ def probe_run(
     families=("linear", "nonlinear"), # probe families
     seed:int=0,
 )->object:                  # the `ProbeTable`
-    "Embed every checkpoint of a run's zoo and probe its properties against s(W) and W; writes probe.json and probe.md"
+    "Embed every checkpoint of a run's zoo and probe its properties against s(W) and W; writes probe.json, probe.md, pca.png"
     run = run if isinstance(run, Run) else load_run(run)
     out = Path(out or run.path/"probe")
     feats = representations(run.sane, run.tz)
     table = predict_properties(feats, run.tz.props, run.tz.splits, families=families, seed=seed, out=out/"probe.json")
     with atomic_write(out/"probe.md", "w") as f: f.write(table._repr_markdown_())
+    _save_pca(feats["sane"], run.tz.props, out/"pca.png")
     return table
+
+def _save_pca(emb, props, path):
+    "The model embeddings' first two principal components, coloured by test accuracy and by epoch"
+    import matplotlib.pyplot as plt
+    fig, axs = plt.subplots(1, 2, figsize=(8, 3))
+    for ax, key in zip(axs, ("test_acc", "epoch")): plot_pca(emb, props[key], key, ax=ax)
+    fig.tight_layout()
+    with atomic_write(path) as f: fig.savefig(f, format="png", dpi=90)
+    plt.close(fig)
 
 # %% ../nbs/10_pipeline.ipynb #f7d4ee7e
 def _prompts(run, zoo, n_prompts):
@@ -221,7 +232,8 @@ def demo_report(res:dict)->str:
         "choice); `sane_layers`: their mean and spread per layer; `s(W)`: per-layer weight statistics (the baseline "
         "to beat); `W`: all weights.", "",
         "| representation | test accuracy | epoch | generalisation gap |", "|---|---|---|---|", *rows, "",
-        "Full table (linear and non-linear probes, Kendall τ): `probe/probe.md`.", "",
+        "Full table (linear and non-linear probes, Kendall τ): `probe/probe.md`; the embeddings' principal components "
+        "coloured by accuracy and epoch: `probe/pca.png`.", "",
         "## Sampled models (test accuracy after fine-tuning epochs, mean ± std over sampled populations)", "",
         f"`sane`: models sampled from SANE around the {len(s['prompt_ids'])} best training models (the prompts); "
         "`scratch`: random initialisation; `prompts`: the prompt models themselves; `noise`: prompts plus Gaussian "

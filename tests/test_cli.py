@@ -39,5 +39,5 @@ def test_clear_errors(tmp_path):
 def test_demo_quick(tmp_path):
     out = sh("sane_demo", "--out", tmp_path/"demo", "--quick")
     assert "sane_nb demo report" in out.stdout
-    for f in ("demo.json", "report.md", "probe/probe.json", "sample/sample.json", "sample/curves.png"):
+    for f in ("demo.json", "report.md", "probe/probe.json", "probe/pca.png", "sample/sample.json", "sample/curves.png"):
         assert (tmp_path/"demo"/f).exists(), f
