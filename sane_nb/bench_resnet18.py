@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import cache_path, save_json
+from .core import cache_path, save_json, torch_threads
 from .dataset import tokenize_zoo, token_loaders
 from .train import Callback, pretrain
 from .probe import encode_tokens
@@ -110,16 +110,13 @@ def run(
     out:str|None=None,     # also write the summary here (JSON)
 )->dict:
     "Run the ResNet-18 benchmark; print the summary as one JSON line and return it"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     w0, c0 = time.time(), time.process_time()
-    try:
+    with torch_threads(1):
         res = {"stage": "resnet18", "quick": quick, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": 1, "torch": torch.__version__,
                "zoo_kind": "seed", "dataset": "digits upsampled to 32x32", "sane": "tiny preset, tokensize 288, window 256, halo 64"}
         res |= bench_pipeline(quick)
         res["gpu"] = bench_gpu(quick) if torch.cuda.is_available() else "none: paper_resnet18 cases not run"
-    finally: torch.set_num_threads(threads)
     res |= {"wall_s": round(time.time() - w0, 1), "cpu_s": round(time.process_time() - c0, 1)}
     if out is not None: save_json(res, out)
     print(json.dumps(res))

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import save_json
+from .core import save_json, torch_threads
 from .nets import make_net, randomize_bn
 from .tokenize import tokenize, detokenize, token_layout
 from .align import permutation_spec, weight_matching
@@ -147,9 +147,7 @@ def run(
 )->dict:
     "Measure the tokenize stage; print the summary as one JSON line and return it"
     import json
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         res = {"stage": "tokenize", "quick": quick, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": 1,
                "zoo": "digits fixture zoo (hyper, 10 models x 5 epochs) for the pipeline; random-weight models otherwise"}
@@ -159,7 +157,6 @@ def run(
         res |= time_pipeline(steps=10 if quick else 30)
         res |= time_resnet_windows(reps=3 if quick else 10)
         res["published_reference"] = PUBLISHED
-    finally: torch.set_num_threads(threads)
     if out is not None: save_json(res, out)
     print(json.dumps(res))
     return res

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json, resource, tempfile, time
 import numpy as np
 import torch
-from .core import save_json
+from .core import save_json, torch_threads
 from .data import load_dataset
 from .population import train_one, train_population
 from .zoo import make_zoo, model_configs, plan_chunks
@@ -47,9 +47,7 @@ def run(
     out:str|None=None,    # also write the summary JSON here
 )->dict:
     "Measure zoo generation; print the summary as one JSON line and return it"
-    nthreads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         n_sp, ep_sp = (40, 2) if quick else (200, 2)
         t_batched, t_single = _time_speedup(n_sp, ep_sp)
         if quick:  # 200 models for 1 and for 3 epochs; a line through both gives 25 epochs
@@ -58,7 +56,6 @@ def run(
             how = f"extrapolated linearly in epochs from 200x1 ({t1:.1f}s) and 200x3 ({t3:.1f}s)"
         else: (t_zoo, c_zoo, zoo), how = _time_zoo(200, 25), None
         acc, ep = zoo.props["test_acc"].astype(float), zoo.props["epoch"]
-    finally: torch.set_num_threads(nthreads)
     res = {"speedup": round(t_single / t_batched, 2), "speedup_population": f"{n_sp} models x {ep_sp} epochs, hyper grid",
            "batched_s": round(t_batched, 2), "one_at_a_time_s": round(t_single, 2),
            "zoo_200x25_s": round(t_zoo, 1), "zoo_200x25_extrapolated_from": how,

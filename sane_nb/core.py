@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file as _st_load_file, save as _st_save
 
 # %% auto #0
-__all__ = ['seed_everything', 'default_device', 'sane_home', 'data_path', 'cache_path', 'atomic_write', 'save_json', 'load_json',
-           'save_tensors', 'load_tensors', 'load_torch']
+__all__ = ['seed_everything', 'torch_threads', 'default_device', 'sane_home', 'data_path', 'cache_path', 'atomic_write',
+           'save_json', 'load_json', 'save_tensors', 'load_tensors', 'load_torch']
 
 # %% ../nbs/00_core.ipynb #8fc90bf2
 def seed_everything(
@@ -25,6 +25,15 @@ def seed_everything(
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device
     return seed
+
+# %% ../nbs/00_core.ipynb #98dfcaaa
+@contextmanager
+def torch_threads(n:int=1):
+    "Run a block with `n` PyTorch CPU threads, restoring the previous number afterwards"
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try: yield
+    finally: torch.set_num_threads(old)
 
 # %% ../nbs/00_core.ipynb #91f5a2ba
 def default_device(

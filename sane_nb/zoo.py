@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn, Tensor
 from fastprogress.fastprogress import progress_bar
-from .core import cache_path, atomic_write, save_json, load_json, save_tensors, load_tensors, load_torch
+from .core import cache_path, atomic_write, save_json, load_json, save_tensors, load_tensors, load_torch, torch_threads
 from .data import ImageData, load_dataset
 from .nets import ACTIVATIONS, INITS, ZooCNN, make_net
 from .population import METRICS, train_population
@@ -70,12 +70,10 @@ def _train_chunk(dest, ids, settings, tick=None):
     "Train one chunk of a zoo and save the models of it that are not finished yet"
     data = load_dataset(settings["dataset"], settings.get("data_folder"))
     cfgs = [settings["models"][i] for i in ids]
-    nthreads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try: states, metrics = train_population(cfgs, data, settings["epochs"], settings["arch"], settings["batch_size"],
-                                            on_epoch=(lambda e: tick(len(ids))) if tick else None,
-                                            device=settings.get("device"))
-    finally: torch.set_num_threads(nthreads)
+    with torch_threads(1):
+        states, metrics = train_population(cfgs, data, settings["epochs"], settings["arch"], settings["batch_size"],
+                                           on_epoch=(lambda e: tick(len(ids))) if tick else None,
+                                           device=settings.get("device"))
     for i, c, sd, met in zip(ids, cfgs, states, metrics):
         if _model_file(dest, i, "json").exists(): continue
         save_tensors(sd, _model_file(dest, i, "safetensors"))
