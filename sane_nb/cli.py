@@ -67,14 +67,15 @@ def sane_zoo(
     epochs:int=10,            # training epochs (checkpoints 0..epochs)
     kind:str="hyper",         # "hyper" (a grid of settings) or "seed" (one setting, many seeds)
     seed:int=0,               # zoo seed
+    train_images:int=None,    # train every model on a fixed, seeded subset of this many training images (default: all)
     n_workers:int=2,          # training processes
     config:str=None,          # JSON file of these options
 ):
     "Train a model zoo (resumable); prints the zoo"
     from sane_nb.zoo import make_zoo
-    d = dict(dataset="digits", n_models=20, epochs=10, kind="hyper", seed=0, n_workers=2)
+    d = dict(dataset="digits", n_models=20, epochs=10, kind="hyper", seed=0, train_images=None, n_workers=2)
     print(_run(make_zoo, config, dict(dest=dest, dataset=dataset, n_models=n_models, epochs=epochs, kind=kind, seed=seed,
-                                      n_workers=n_workers), d))
+                                      train_images=train_images, n_workers=n_workers), d))
 
 # %% ../nbs/10b_cli.ipynb #3fe21870
 @call_parse

@@ -16,7 +16,7 @@ from .core import data_path
 
 # %% auto #0
 __all__ = ['IDX_FILES', 'DEBIAN_FASHION_MNIST', 'DATASETS', 'ImageData', 'normalise', 'load_digits', 'read_idx', 'write_idx',
-           'load_idx_dataset', 'load_dataset']
+           'load_idx_dataset', 'load_dataset', 'train_subset']
 
 # %% ../nbs/01_data.ipynb #aaedf03b
 @dataclass
@@ -132,3 +132,22 @@ def load_dataset(
     if name == "digits": return load_digits(seed)
     if name in ("mnist", "fashion_mnist"): return load_idx_dataset(name, folder)
     raise ValueError(f"unknown dataset {name!r}; known: {list(DATASETS)}")
+
+# %% ../nbs/01_data.ipynb #442580fe
+def train_subset(
+    data:ImageData,   # the full dataset
+    n:int,            # training images to keep (at least one per class)
+    seed:int=0,       # which images: the same seed gives the same subset
+)->ImageData:
+    "The same dataset with a fixed, seeded, class-stratified subset of `n` training images (test split unchanged)"
+    N, C = len(data.y_train), data.n_classes
+    if not C <= n <= N: raise ValueError(f"train_subset: n={n} must be between {C} (one image per class) and {N} ({data.name}'s training images)")
+    if n == N: return data
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.bincount(data.y_train, minlength=C)
+    quota = (counts * n) // N                          # each class's share, rounded down ...
+    rest = (counts * n / N - quota).argsort(descending=True)[:n - int(quota.sum())]
+    quota[rest] += 1                                   # ... and the remainder to the largest fractions
+    keep = torch.cat([(data.y_train == c).nonzero()[:, 0][torch.randperm(int(counts[c]), generator=g)[:int(quota[c])]]
+                      for c in range(C)]).sort().values
+    return ImageData(data.name, data.x_train[keep], data.y_train[keep], data.x_test, data.y_test, data.mean, data.std)

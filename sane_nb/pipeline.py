@@ -13,7 +13,7 @@ import torch
 from .core import load_json, save_json, atomic_write
 from .data import load_dataset
 from .nets import make_net
-from .zoo import load_zoo, make_zoo
+from .zoo import load_zoo, make_zoo, zoo_images
 from .dataset import tokenize_zoo, load_token_zoo
 from .model import SaneConfig
 from .train import load_sane
@@ -166,7 +166,7 @@ def sample_run(
     zoo = load_zoo(run.settings["zoo"])
     name = dataset or zoo.meta.get("dataset")
     if name is None: raise ValueError(f"{zoo.path}: the zoo does not say which images it was trained on; pass dataset=")
-    data = load_dataset(name)
+    data = zoo_images(zoo.meta) if dataset is None and zoo.format == "native" else load_dataset(name)  # its subset too
     ids = _prompts(run, zoo, n_prompts)
     prompts = [run.tz.state_dict(i) for i in ids]
     P = run.tz.props

@@ -13,14 +13,14 @@ import torch
 from torch import nn, Tensor
 from fastprogress.fastprogress import progress_bar
 from .core import cache_path, atomic_write, save_json, load_json, save_tensors, load_tensors, load_torch, torch_threads
-from .data import ImageData, load_dataset
+from .data import ImageData, load_dataset, train_subset
 from .nets import ACTIVATIONS, INITS, ZooCNN, make_net
 from .population import METRICS, train_population
 
 # %% auto #0
 __all__ = ['DEFAULT_GRID', 'SEED_POINT', 'ZOO_FORMAT', 'DEFAULT_ARCH', 'PUBLISHED_KEYS', 'PUBLISHED_TYPES', 'FIXTURE',
-           'model_configs', 'plan_chunks', 'make_zoo', 'Zoo', 'checkpoint_problem', 'arch_from_params', 'read_results',
-           'load_zoo', 'write_modelzoo', 'fixture_zoo']
+           'model_configs', 'plan_chunks', 'zoo_images', 'make_zoo', 'Zoo', 'checkpoint_problem', 'arch_from_params',
+           'read_results', 'load_zoo', 'write_modelzoo', 'fixture_zoo']
 
 # %% ../nbs/02_zoo.ipynb #c9801287
 DEFAULT_GRID = dict(act=["tanh", "relu", "sigmoid", "gelu"],
@@ -66,9 +66,17 @@ def plan_chunks(cfgs:list[dict], chunk_size:int=50)->list[list[int]]:
 
 def _model_file(dest, i, ext): return Path(dest)/"models"/f"{i:05d}.{ext}"
 
+def zoo_images(
+    settings:dict,  # a native zoo's settings (its zoo.json, `Zoo.meta`)
+)->ImageData:
+    "The images a native zoo's models were trained on: its dataset, cut to its fixed training subset if it has one"
+    data = load_dataset(settings["dataset"], settings.get("data_folder"))
+    n = settings.get("train_images")
+    return data if n is None else train_subset(data, n, seed=settings["seed"])
+
 def _train_chunk(dest, ids, settings, tick=None):
     "Train one chunk of a zoo and save the models of it that are not finished yet"
-    data = load_dataset(settings["dataset"], settings.get("data_folder"))
+    data = zoo_images(settings)
     cfgs = [settings["models"][i] for i in ids]
     with torch_threads(1):
         states, metrics = train_population(cfgs, data, settings["epochs"], settings["arch"], settings["batch_size"],
@@ -133,6 +141,7 @@ def make_zoo(
     arch:dict|str|None=None,     # architecture name or {"arch", "kwargs"}; default by dataset (`DEFAULT_ARCH`)
     batch_size:int=64,           # training batch size
     chunk_size:int=50,           # most models trained together in one batch (fixed per zoo: part of its settings)
+    train_images:int|None=None,  # train on a fixed, seeded (zoo seed), class-stratified subset of this many images
     n_workers:int=2,             # processes training chunks in parallel (1 torch thread each)
     data_folder:str|Path|None=None, # folder of IDX files for MNIST-style datasets
     progress:bool=True,          # show a progress bar
@@ -148,6 +157,9 @@ def make_zoo(
     settings = dict(format=ZOO_FORMAT, dataset=dataset, data_folder=None if data_folder is None else str(data_folder),
                     arch=arch, kind=kind, seed=seed, n_models=n_models, epochs=epochs, batch_size=batch_size,
                     chunk_size=chunk_size, grid=grid, device=device, models=model_configs(n_models, grid, kind, seed))
+    if train_images is not None:  # only when used, so zoos made before this option still resume
+        train_subset(data, train_images)  # checks n before any work starts
+        settings["train_images"] = train_images
     settings = json.loads(json.dumps(settings))
     if (dest/"zoo.json").exists():
         old = load_json(dest/"zoo.json")
