@@ -12,7 +12,8 @@ def sh(*args, ok=True):
     return res
 
 def test_chain(tmp_path):
-    sh("sane_zoo", tmp_path/"zoo", "--n_models", 8, "--epochs", 2, "--kind", "seed", "--n_workers", 1)
+    sh("sane_zoo", tmp_path/"zoo", "--n_models", 8, "--epochs", 2, "--kind", "seed", "--train_images", 400, "--n_workers", 1)
+    assert json.loads((tmp_path/"zoo"/"zoo.json").read_text())["train_images"] == 400
     cfg = tmp_path/"pre.json"
     cfg.write_text(json.dumps({"preset": "tiny", "steps": 12, "bs": 8, "windowsize": 8}))
     out = sh("sane_pretrain", tmp_path/"zoo", tmp_path/"run", "--config", cfg)
