@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_zoo.ipynb #37649ee5
 from __future__ import annotations
-import hashlib, itertools, json, math, multiprocessing as mp, queue, random, re, time, warnings
+import hashlib, itertools, json, math, multiprocessing as mp, os, queue, random, re, time, warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -90,14 +90,19 @@ def _train_chunk(dest, ids, settings, tick=None):
     return ids
 
 # %% ../nbs/02_zoo.ipynb #d231999b
-_TICKS = None
+_TICKS, _PARENT = None, None
 
 def _worker_init(q):
-    global _TICKS
+    global _TICKS, _PARENT
     torch.set_num_threads(1)
-    _TICKS = q
+    _TICKS, _PARENT = q, os.getppid()
 
-def _worker_run(args): return _train_chunk(*args, tick=_TICKS.put)
+def _worker_tick(n):
+    "Report progress; stop at once if the process that started this worker is gone (killed), instead of training on"
+    if os.getppid() != _PARENT: os._exit(1)
+    _TICKS.put(n)
+
+def _worker_run(args): return _train_chunk(*args, tick=_worker_tick)
 
 def _bar(it, total, progress): return progress_bar(it, total=total) if progress else it
 

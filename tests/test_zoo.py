@@ -281,3 +281,42 @@ def test_fixture_zoo_built_by_two_processes_at_once(tmp_path):
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0] and [o.split()[-1] for o in outs] == ["50", "50"]
     assert_same_zoo(load_zoo(tmp_path/"fx"), fixture_zoo(tmp_path/"again"))
+
+
+def _children(pid):
+    "Process ids whose parent is pid (from /proc)"
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try: fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError: continue
+        if int(fields[1]) == pid: out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid):
+    try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError: return False
+
+
+@pytest.mark.skipif(not Path("/proc").exists(), reason="reads /proc to find the worker processes")
+def test_workers_stop_when_the_parent_is_killed(tmp_path):
+    "A SIGKILLed make_zoo must not leave worker processes training (and writing into the folder) on their own"
+    dest = tmp_path/"orphans"
+    script = SCRIPT.replace("n_workers=1", "n_workers=2").replace("epochs=8", "epochs=40")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(dest)])
+    try:
+        deadline, workers = time.time() + 120, []
+        while len(workers) < 2:  # the pool's two workers (the resource tracker is a child too)
+            assert time.time() < deadline and proc.poll() is None, "no workers started"
+            time.sleep(0.2)
+            workers = [p for p in _children(proc.pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
+        time.sleep(2)
+        proc.send_signal(signal.SIGKILL); proc.wait()
+    finally:
+        if proc.poll() is None: proc.kill()
+    deadline = time.time() + 60
+    while any(_alive(p) for p in workers) and time.time() < deadline: time.sleep(0.2)
+    survivors = [p for p in workers if _alive(p)]
+    for p in survivors: os.kill(p, signal.SIGKILL)
+    assert not survivors, "workers kept running after their parent was killed"
+    assert not list((dest/"models").glob("*.json")) if (dest/"models").exists() else True
