@@ -5,6 +5,7 @@
 # %% ../nbs/09b_evaluate.ipynb #d80feed9
 from __future__ import annotations
 import dataclasses
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
@@ -156,7 +157,7 @@ def transpose_images(data)->object:
                                x_test=data.x_test.transpose(-1, -2).contiguous())
 
 # %% ../nbs/09b_evaluate.ipynb #823c8655
-def _audit(vecs, wrong, sds, Z, Zw, zoo_sds, spec, candidates, exclude=None):
+def _audit(vecs, wrong, sds, Z, zoo_wrong, zoo_sds, spec, candidates, exclude=None):
     "Nearest zoo checkpoint of each model: pre-select in the common frame, then match each candidate directly"
     d = torch.cdist(vecs, Z)
     if exclude is not None: d[exclude] = float("inf")
@@ -170,7 +171,7 @@ def _audit(vecs, wrong, sds, Z, Zw, zoo_sds, spec, candidates, exclude=None):
             best = min(best, (min(dj, d[i, j].item()), j))
         dist, j = best
         l2.append(dist); rel.append(dist/Z[j].norm().item())
-        iou.append(((wrong[i] & Zw[j]).sum()/(wrong[i] | Zw[j]).sum().clamp(min=1)).item())
+        iou.append(((wrong[i] & zoo_wrong(j)).sum()/(wrong[i] | zoo_wrong(j)).sum().clamp(min=1)).item())
     return {"l2": float(np.mean(l2)), "rel_l2": float(np.mean(rel)), "iou": float(np.mean(iou)),
             "acc": 1 - wrong.float().mean().item()}
 
@@ -189,15 +190,17 @@ def novelty_audit(
     ref = reference or zoo_sds[0]
     spec = permutation_spec(ref)
     align = lambda sd: apply_permutation(spec, weight_matching(spec, ref, sd), sd)
-    def prep(sds):
-        nets = []
-        for sd in sds: net = make_model(); net.load_state_dict(sd); nets.append(net)
-        return (torch.stack([weight_vector(align(sd)) for sd in sds]), torch.stack([predictions(net, x) != y for net in nets]))
-    Z, Zw = prep(zoo_sds)
-    out = {m: _audit(*prep(sds), sds, Z, Zw, zoo_sds, spec, candidates) for m, sds in (("sane", samples), ("noise", noisy))}
+    def mispredicted(sd):
+        net = make_model(); net.load_state_dict(sd)
+        return predictions(net, x) != y
+    prep = lambda sds: (torch.stack([weight_vector(align(sd)) for sd in sds]), torch.stack([mispredicted(sd) for sd in sds]))
+    Z = torch.stack([weight_vector(align(sd)) for sd in zoo_sds])
+    zoo_wrong = lru_cache(maxsize=None)(lambda j: mispredicted(zoo_sds[j]))  # only the nearest checkpoints are run
+    out = {m: _audit(*prep(sds), sds, Z, zoo_wrong, zoo_sds, spec, candidates) for m, sds in (("sane", samples), ("noise", noisy))}
     if zoo_ids is not None:
         ids = torch.as_tensor(np.asarray(zoo_ids))
         q = np.linspace(0, len(zoo_sds) - 1, min(n_yardstick, len(zoo_sds))).round().astype(int).tolist()
-        out["zoo"] = _audit(Z[q], Zw[q], [zoo_sds[i] for i in q], Z, Zw, zoo_sds, spec, candidates,
+        out["zoo"] = _audit(Z[q], torch.stack([zoo_wrong(i) for i in q]), [zoo_sds[i] for i in q], Z, zoo_wrong, zoo_sds,
+                            spec, candidates,
                             exclude=ids[q][:, None] == ids[None, :])
     return out
