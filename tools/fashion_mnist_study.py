@@ -123,7 +123,7 @@ def collect_runs(root:Path, res:Path, steps:dict, seeds:list[int], mach:str):
     samples = {s: json.loads((root/f"run_{s}"/"sample"/"sample.json").read_text()) for s in seeds}
     acc = {m: {e: _mean_std([samples[s]["acc"][m][e] for s in seeds]) for e in samples[seeds[0]]["acc"][m] if "_" not in e}
            for m in samples[seeds[0]]["acc"]}
-    nov = {m: {k: _mean_std([samples[s]["novelty"][m][k] for s in seeds]) for k in ("rel_l2", "iou", "acc")}
+    nov = {m: {k: _mean_std([samples[s]["novelty"][m][k] for s in seeds]) for k in ("l2", "rel_l2", "iou", "acc")}
            for m in samples[seeds[0]].get("novelty", {})}
     _write(dict(machine=mach, runs=[dict(steps[f"sample_{s}"], seed=s, summary=samples[s]) for s in seeds],
                 summary=dict(acc=acc, novelty=nov, recon_rel_err=_mean_std([samples[s]["recon_rel_err"] for s in seeds]),
