@@ -171,7 +171,8 @@ def _audit(vecs, wrong, sds, Z, zoo_wrong, zoo_sds, spec, candidates, exclude=No
             best = min(best, (min(dj, d[i, j].item()), j))
         dist, j = best
         l2.append(dist); rel.append(dist/Z[j].norm().item())
-        iou.append(((wrong[i] & zoo_wrong(j)).sum()/(wrong[i] | zoo_wrong(j)).sum().clamp(min=1)).item())
+        near = zoo_wrong(j)
+        iou.append(((wrong[i] & near).sum()/(wrong[i] | near).sum().clamp(min=1)).item())
     return {"l2": float(np.mean(l2)), "rel_l2": float(np.mean(rel)), "iou": float(np.mean(iou)),
             "acc": 1 - wrong.float().mean().item()}
 
@@ -193,8 +194,9 @@ def novelty_audit(
     def mispredicted(sd):
         net = make_model(); net.load_state_dict(sd)
         return predictions(net, x) != y
-    prep = lambda sds: (torch.stack([weight_vector(align(sd)) for sd in sds]), torch.stack([mispredicted(sd) for sd in sds]))
-    Z = torch.stack([weight_vector(align(sd)) for sd in zoo_sds])
+    aligned = lambda sds: torch.stack([weight_vector(align(sd)) for sd in sds])
+    prep = lambda sds: (aligned(sds), torch.stack([mispredicted(sd) for sd in sds]))
+    Z = aligned(zoo_sds)
     zoo_wrong = lru_cache(maxsize=None)(lambda j: mispredicted(zoo_sds[j]))  # only the nearest checkpoints are run
     out = {m: _audit(*prep(sds), sds, Z, zoo_wrong, zoo_sds, spec, candidates) for m, sds in (("sane", samples), ("noise", noisy))}
     if zoo_ids is not None:

@@ -11,11 +11,12 @@ Two steps run at a time, each on one PyTorch thread (the zoo step uses two worke
 The results folder (`--results`) gets JSON files with every number, each with the commands, dates, machine and wall
 times that produced it, and the plots the tutorial shows.
 """
-import argparse, json, os, platform, shutil, subprocess, sys, threading, time
+import argparse, os, platform, shutil, subprocess, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from sane_nb.core import load_json, save_json
 
 BIN = Path(sys.executable).parent
 ZOO_ARGS = "--dataset fashion_mnist --n_models 300 --epochs 15 --kind hyper --seed 0 --train_images 10000 --n_workers 2"
@@ -38,9 +39,13 @@ def _last_line(text:str)->str:
     lines = [l.strip() for l in text.replace("\r", "\n").splitlines() if l.strip()]
     return lines[-1][-1000:] if lines else ""
 
+def _finished(root:Path)->dict:
+    "The records of the steps that finished (`ROOT/steps.json`)"
+    return load_json(root/"steps.json") if (root/"steps.json").exists() else {}
+
 def step(root:Path, name:str, command:str)->dict:
     "Run one console-script command unless `ROOT/steps.json` says it finished; returns its record"
-    with _lock: done = json.loads((root/"steps.json").read_text()) if (root/"steps.json").exists() else {}
+    with _lock: done = _finished(root)
     if name in done: return done[name]
     print(f"[{time.strftime('%H:%M:%S')}] {name}: {command}", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
@@ -51,10 +56,7 @@ def step(root:Path, name:str, command:str)->dict:
     if rc: raise SystemExit(f"{name} failed (exit {rc}); see {log}")
     rec = dict(command=f"OMP_NUM_THREADS=1 {command}", wall_s=round(time.time() - t0, 1), date=date,
                load_avg_at_start=load, last_line=_last_line(log.read_text()))
-    with _lock:
-        done = json.loads((root/"steps.json").read_text()) if (root/"steps.json").exists() else {}
-        done[name] = rec
-        tmp = root/".steps.json.tmp"; tmp.write_text(json.dumps(done, indent=1)); tmp.replace(root/"steps.json")
+    with _lock: save_json({**_finished(root), name: rec}, root/"steps.json")
     print(f"[{time.strftime('%H:%M:%S')}] {name}: done in {rec['wall_s']:.0f} s", flush=True)
     return rec
 
@@ -69,8 +71,6 @@ def run_all(root:Path, seeds:list[int]):
                 (("probe", f"sane_probe {root/f'run_{s}'} --seed {s}"),
                  ("sample", f"sane_sample {root/f'run_{s}'} {SAMPLE_ARGS} --seed {s}"))]
         for f in [*pre.values(), *rest]: f.result()
-
-def _write(obj, path:Path): path.write_text(json.dumps(obj, indent=1) + "\n")
 
 def _mean_std(xs): return {"mean": float(np.mean(xs)), "std": float(np.std(xs)), "n": len(xs)}
 
@@ -88,7 +88,7 @@ def collect_zoo(root:Path, res:Path, rec:dict, mach:str):
                           "at_chance": int((P["test_acc"][P["epoch"] == e] < 0.15).sum()),
                           "ggap_median": float(np.median(ggap[P["epoch"] == e]))} for e in zoo.epochs}
     settings = {k: v for k, v in meta.items() if k != "models"}
-    _write(dict(rec, machine=mach, zoo=settings, checkpoints=len(zoo), test_images=len(zoo_images(meta).y_test),
+    save_json(dict(rec, machine=mach, zoo=settings, checkpoints=len(zoo), test_images=len(zoo_images(meta).y_test),
                 test_acc_per_epoch=per_epoch), res/"zoo.json")
     colours = {"relu": "C0", "tanh": "C1", "sigmoid": "C2", "gelu": "C3"}
     fig, axs = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -105,12 +105,12 @@ def collect_zoo(root:Path, res:Path, rec:dict, mach:str):
 
 def collect_runs(root:Path, res:Path, steps:dict, seeds:list[int], mach:str):
     "Per seed: pretraining, probe rows and sampling summaries; then mean and std over seeds"
-    pre = [dict(steps[f"pretrain_{s}"], run={k: v for k, v in json.loads((root/f"run_{s}"/"run.json").read_text()).items()
+    pre = [dict(steps[f"pretrain_{s}"], run={k: v for k, v in load_json(root/f"run_{s}"/"run.json").items()
                                               if k != "config"}) for s in seeds]
-    cfg = json.loads((root/f"run_{seeds[0]}"/"run.json").read_text())["config"]
-    _write(dict(machine=mach, seeds=pre, config={k: cfg[k] for k in ("n_layers", "d_model", "n_heads", "lat_dim",
+    cfg = load_json(root/f"run_{seeds[0]}"/"run.json")["config"]
+    save_json(dict(machine=mach, seeds=pre, config={k: cfg[k] for k in ("n_layers", "d_model", "n_heads", "lat_dim",
                                                                         "windowsize", "tokensize")}), res/"pretrain.json")
-    rows = {s: json.loads((root/f"run_{s}"/"probe"/"probe.json").read_text()) for s in seeds}
+    rows = {s: load_json(root/f"run_{s}"/"probe"/"probe.json") for s in seeds}
     rows = {s: r["rows"] if isinstance(r, dict) else r for s, r in rows.items()}
     keyed = {}
     for s in seeds:
@@ -118,14 +118,14 @@ def collect_runs(root:Path, res:Path, steps:dict, seeds:list[int], mach:str):
             metric = "r2" if r.get("r2") is not None else "acc"
             keyed.setdefault((r["representation"], r["family"], r["target"], metric), []).append(r[metric])
     summary = [dict(representation=k[0], family=k[1], target=k[2], metric=k[3], **_mean_std(v)) for k, v in keyed.items()]
-    _write(dict(machine=mach, runs=[dict(steps[f"probe_{s}"], seed=s, rows=rows[s]) for s in seeds], summary=summary),
+    save_json(dict(machine=mach, runs=[dict(steps[f"probe_{s}"], seed=s, rows=rows[s]) for s in seeds], summary=summary),
            res/"probe.json")
-    samples = {s: json.loads((root/f"run_{s}"/"sample"/"sample.json").read_text()) for s in seeds}
+    samples = {s: load_json(root/f"run_{s}"/"sample"/"sample.json") for s in seeds}
     acc = {m: {e: _mean_std([samples[s]["acc"][m][e] for s in seeds]) for e in samples[seeds[0]]["acc"][m] if "_" not in e}
            for m in samples[seeds[0]]["acc"]}
     nov = {m: {k: _mean_std([samples[s]["novelty"][m][k] for s in seeds]) for k in ("l2", "rel_l2", "iou", "acc")}
            for m in samples[seeds[0]].get("novelty", {})}
-    _write(dict(machine=mach, runs=[dict(steps[f"sample_{s}"], seed=s, summary=samples[s]) for s in seeds],
+    save_json(dict(machine=mach, runs=[dict(steps[f"sample_{s}"], seed=s, summary=samples[s]) for s in seeds],
                 summary=dict(acc=acc, novelty=nov, recon_rel_err=_mean_std([samples[s]["recon_rel_err"] for s in seeds]),
                              prompt_acc=_mean_std([np.mean(samples[s]["prompt_acc"]) for s in seeds]))), res/"sample.json")
     shutil.copy(root/f"run_{seeds[0]}"/"sample"/"curves.png", res/"curves.png")
@@ -142,7 +142,7 @@ def main():
     root, res = Path(a.root), Path(a.results)
     root.mkdir(parents=True, exist_ok=True); res.mkdir(parents=True, exist_ok=True)
     run_all(root, a.seeds)
-    steps, mach = json.loads((root/"steps.json").read_text()), machine()
+    steps, mach = load_json(root/"steps.json"), machine()
     collect_zoo(root, res, steps["zoo"], mach)
     collect_runs(root, res, steps, a.seeds, mach)
     print(f"results in {res}")
