@@ -92,10 +92,11 @@ def _train_chunk(dest, ids, settings, tick=None):
 # %% ../nbs/02_zoo.ipynb #d231999b
 _TICKS, _PARENT = None, None
 
-def _worker_init(q):
+def _worker_init(q, parent):
+    "Runs first in each worker: one thread, the progress queue, and the pid of the process that started the pool"
     global _TICKS, _PARENT
     torch.set_num_threads(1)
-    _TICKS, _PARENT = q, os.getppid()
+    _TICKS, _PARENT = q, parent  # from the parent: if it dies while this worker imports, getppid() is already another
 
 def _worker_tick(n):
     "Report progress; stop at once if the process that started this worker is gone (killed), instead of training on"
@@ -121,7 +122,7 @@ def _run_chunks(dest, chunks, settings, n_workers, progress):
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     with ProcessPoolExecutor(min(n_workers, len(chunks)), mp_context=ctx, initializer=lib._worker_init,
-                             initargs=(q,)) as ex:
+                             initargs=(q, os.getpid())) as ex:
         futs = [ex.submit(lib._worker_run, (dest, c, settings)) for c in chunks]
         def ticks():
             done = 0
