@@ -13,7 +13,7 @@ __all__ = ['BENCH_STAGES', 'bench_module', 'sane_bench', 'with_config', 'sane_zo
            'sane_demo']
 
 # %% ../nbs/10b_cli.ipynb #21778664
-BENCH_STAGES = ("zoo", "tokenize", "train", "probe", "sample", "resnet18")
+BENCH_STAGES = ("zoo", "tokenize", "train", "probe", "sample", "resnet18", "parity")
 
 def bench_module(stage:str):
     "The benchmark module of `stage`, with a clear error for an unknown or not-yet-written stage"

@@ -218,10 +218,13 @@ class TokenDataset(Dataset):
         erase:float=0.,              # probability of random erasing, per view
         permute:bool=True,           # view 2 a random permutation (False: a copy of view 1)
         seed:int|None=None,          # fixed randomness per batch of indices (for validation); None: torch's RNG
+        offsets:str="batch",         # "batch": one window offset shared by a batch (published); "sample": one per sample
     ):
         if split not in tz.splits: raise KeyError(f"no split {split!r}; this zoo has {list(tz.splits)}")
         n, N, T = tz.tokens.shape
         if not 0 < windowsize <= N: raise ValueError(f"windowsize {windowsize} does not fit the sequence of {N} tokens")
+        if offsets not in ("batch", "sample"): raise ValueError(f"offsets must be 'batch' or 'sample', got {offsets!r}")
+        self.offsets = offsets
         self.tz, self.split, self.W, self.noise, self.erase, self.seed = tz, split, windowsize, noise, erase, seed
         self.idx = torch.as_tensor(tz.splits[split])
         if not len(self.idx): raise ValueError(f"split {split!r} is empty")
@@ -257,7 +260,8 @@ def __getitems__(self:TokenDataset, indices:list)->dict:
     g = None if self.seed is None else torch.Generator().manual_seed(hash((self.seed, len(indices), *indices[:8])) % 2**62)
     ck = self.idx[torch.as_tensor(indices) % len(self.idx)]
     B, (n, N, T) = len(ck), self.tz.tokens.shape
-    tok = (torch.rand(B, generator=g)*(N - self.W + 1)).long()[:, None] + torch.arange(self.W)   # [B, W]
+    start = (torch.rand(1 if self.offsets == "batch" else B, generator=g)*(N - self.W + 1)).long()
+    tok = start.expand(B)[:, None] + torch.arange(self.W)   # [B, W]
     v1 = self.flat[ck[:, None, None], tok[..., None]*T + torch.arange(T)]
     if self.permuter is None: v2 = v1.clone()
     else: v2 = self.flat[ck[:, None, None], self.permuter.source_index(self.permuter.draw(B, g), tok)]

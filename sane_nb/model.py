@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_model.ipynb #bc5f846a
 from __future__ import annotations
-import json, math
+import json, math, warnings
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 
@@ -39,6 +39,10 @@ class SaneConfig:
         if self.d_model % 2: raise ValueError(f"d_model={self.d_model} must be even (position embeddings use d_model/2 each)")
         if len(self.max_positions) != 3: raise ValueError(f"max_positions needs 3 bounds (global, layer, row), got {self.max_positions}")
         if self.proj_pool not in ("flatten", "mean"): raise ValueError(f"proj_pool must be 'flatten' or 'mean', got {self.proj_pool!r}")
+        if self.lat_dim >= self.tokensize:
+            warnings.warn(f"SaneConfig: lat_dim={self.lat_dim} >= tokensize={self.tokensize}: no bottleneck, the autoencoder "
+                          f"can copy each token through its latent (identity map) and learn nothing about models; "
+                          f"use a lat_dim well below the token size", stacklevel=3)
 
 # %% ../nbs/06_model.ipynb #906cb32d
 def _cfg_to_json(self:SaneConfig, path:str|Path|None=None)->str:

@@ -307,12 +307,12 @@ def _probe_all(features, props, idx, targets, categorical, families, seed, rows)
 # %% ../nbs/08_probe.ipynb #fcaed133
 def pretrain_on_zoo(
     tz,                    # a `sane_nb.dataset.TokenZoo` (tokenized, standardised, with splits)
-    cfg=None,              # a `SaneConfig`; None = `SaneConfig.tiny()` with tokensize and max_positions fitted to `tz`
+    cfg=None,              # a `SaneConfig`; None = `SaneConfig.tiny()` fitted to `tz` (tokensize, positions, window)
     steps:int=256,         # optimisation steps (the budget; rounded up to whole batches of one epoch)
     bs:int=32,             # batch size
     lr:float=3e-3,         # peak learning rate of the one-cycle schedule
     seed:int=0,            # seed of the model and of the windows
-    noise:float=0.05,      # multiplicative noise of the views
+    noise:float=0.1,       # multiplicative noise of the views (published 0.1)
     **kwargs,              # passed to `sane_nb.train.pretrain` (gamma, device, out, ...)
 )->tuple:                  # (SANE in eval mode on the CPU, training losses per step)
     "Pretrain a SANE for `steps` steps on two-view windows of a tokenized zoo's training split"
@@ -323,7 +323,8 @@ def pretrain_on_zoo(
     pos = tz.pos
     if cfg is None:
         fit = [int(pos[:, 0].max())+1, int(pos[:, 1].max())+1, int(pos[:, 2].max())+1]
-        cfg = replace(SaneConfig.tiny(), tokensize=tz.tokens.shape[-1], max_positions=fit)
+        N, tiny = tz.tokens.shape[1], SaneConfig.tiny()
+        cfg = replace(tiny, tokensize=tz.tokens.shape[-1], max_positions=fit, windowsize=N if N <= 64 else tiny.windowsize)
     torch.manual_seed(seed)
     n_train = len(tz.splits["train"])
     dl = token_loaders(tz, cfg.windowsize, bs, splits=("train",), supersample=math.ceil(steps*bs/n_train), noise=noise)["train"]
@@ -335,10 +336,12 @@ def representations(
     sane,                   # a trained SANE
     tz,                     # the `TokenZoo` it was trained on (aligned, standardised tokens)
     halo:int|None=None,     # embedding halo; None = windowsize // 4
+    baselines:bool=True,    # also the weight baselines s(W) and W
 )->dict:                    # name -> [n_checkpoints, d] features
     "Every representation the probes compare, for each checkpoint of `tz`: SANE embeddings, s(W) and W"
     emb = embed(sane, tz.tokens, tz.pos, halo=halo)
-    return {"sane": emb.model,                                          # published: mean over tokens
+    sane_reps = {"sane": emb.model,                                          # published: mean over tokens
             "sane_std": torch.cat([emb.model, emb.model_std], 1),        # + the spread of the latents
-            "sane_layers": torch.cat([emb.layers, emb.layers_std], -1).flatten(1), # mean and spread per layer
-            "s(W)": weight_stats(tz.tokens, tz.mask, tz.pos), "W": flat_weights(tz.tokens, tz.mask)}
+            "sane_layers": torch.cat([emb.layers, emb.layers_std], -1).flatten(1)} # mean and spread per layer
+    if not baselines: return sane_reps
+    return sane_reps | {"s(W)": weight_stats(tz.tokens, tz.mask, tz.pos), "W": flat_weights(tz.tokens, tz.mask)}
