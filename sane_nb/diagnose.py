@@ -19,7 +19,8 @@ from .probe import encode_tokens, representations, predict_properties
 from .sample import decode_tokens
 
 # %% auto #0
-__all__ = ['reconstruction_error', 'shared_offset_retrieval', 'latent_variance_share', 'probe_floor', 'Diagnosis', 'diagnose']
+__all__ = ['reconstruction_error', 'shared_offset_retrieval', 'latent_variance_share', 'untrained_representations', 'probe_floor',
+           'Diagnosis', 'diagnose']
 
 # %% ../nbs/09c_diagnose.ipynb #633f32c3
 def reconstruction_error(
@@ -57,7 +58,7 @@ def shared_offset_retrieval(
     "NT-Xent and top-1 partner retrieval of the projection head on two-view batches whose windows share one offset"
     ds = TokenDataset(tz, split, sane.cfg.windowsize, supersample=1, noise=noise, permute=True, seed=seed, offsets=offsets)
     n = len(ds.idx); B = min(bs, n)
-    if B < 2: raise ValueError(f"split {split!r} has {n} checkpoint(s); retrieval needs at least 2")
+    if B < 2: raise ValueError(f"retrieval needs batches of at least 2 checkpoints (bs={bs}; split {split!r} has {n})")
     g, dev, was = torch.Generator().manual_seed(seed), next(sane.parameters()).device, sane.training
     losses, hits = [], 0
     sane.eval()
@@ -96,7 +97,15 @@ def latent_variance_share(
     return {"latent": _between_model_share(z), "tokens": _between_model_share(seq["tokens"], seq["mask"])}
 
 # %% ../nbs/09c_diagnose.ipynb #a797c1f5
-_POOLINGS = ("sane", "sane_std", "sane_layers")
+def untrained_representations(
+    sane:SANE,              # a SANE whose config the untrained copy takes
+    tz,                     # a `TokenZoo`
+    seed:int=0,             # seed of the random initialisation
+    halo:int|None=None,     # window halo; None = windowsize // 4
+)->dict:                    # "untrained:sane", "untrained:sane_std", "untrained:sane_layers" -> [n, d]
+    "The SANE poolings of `representations`, from a randomly initialised SANE of the same config (the probe floor)"
+    torch.manual_seed(seed)
+    return {f"untrained:{k}": v for k, v in representations(SANE(sane.cfg).eval(), tz, halo=halo, baselines=False).items()}
 
 def probe_floor(
     sane:SANE,              # the trained SANE
@@ -106,17 +115,13 @@ def probe_floor(
     halo:int|None=None,     # window halo; None = windowsize // 4
 )->dict:                    # {"trained": best R², "random_init": best R², "pooling": {...}}
     "Best linear-probe R² over SANE poolings, for the trained SANE and for a randomly initialised one of its config"
-    torch.manual_seed(seed)
-    rnd = SANE(sane.cfg).eval()
-    feats = {}
-    for name, m in (("trained", sane), ("random_init", rnd)):
-        reps = representations(m, tz, halo=halo, baselines=False)
-        feats.update({f"{name}:{k}": reps[k] for k in _POOLINGS})
+    feats = representations(sane, tz, halo=halo, baselines=False) | untrained_representations(sane, tz, seed, halo)
     rows = predict_properties(feats, tz.props, tz.splits, targets=(target,), categorical=(), families=("linear",))
-    best = lambda who: max((r for r in rows if r["representation"].startswith(who + ":")),
-                           key=lambda r: np.nan_to_num(r["r2"], nan=-np.inf))
-    return {who: best(who)["r2"] for who in ("trained", "random_init")} | {
-        "pooling": {who: best(who)["representation"].split(":")[1] for who in ("trained", "random_init")}, "target": target}
+    best = lambda untrained: max((r for r in rows if r["representation"].startswith("untrained:") == untrained),
+                                 key=lambda r: np.nan_to_num(r["r2"], nan=-np.inf))
+    b, b0 = best(False), best(True)
+    return {"trained": b["r2"], "random_init": b0["r2"], "target": target,
+            "pooling": {"trained": b["representation"], "random_init": b0["representation"]}}
 
 # %% ../nbs/09c_diagnose.ipynb #3e0705b4
 @dataclass
@@ -143,6 +148,10 @@ class Diagnosis:
         return out
     @property
     def learned(self)->bool: return all(ok for _, _, ok in self.checks().values())
+    @classmethod
+    def from_dict(cls, d:dict)->"Diagnosis":
+        "A diagnosis from `to_dict`'s output (e.g. a run's diagnosis.json)"
+        return cls(**{k: v for k, v in d.items() if k not in ("checks", "learned")})
     def to_dict(self)->dict:
         return asdict(self) | {"checks": {k: {"value": v, "requirement": q, "passed": ok} for k, (v, q, ok) in self.checks().items()},
                                "learned": self.learned}

@@ -18,6 +18,7 @@ from .dataset import tokenize_zoo, load_token_zoo
 from .model import SaneConfig
 from .train import load_sane
 from .probe import predict_properties, pretrain_on_zoo, representations
+from .diagnose import Diagnosis, diagnose, untrained_representations
 from .analysis import plot_pca
 from .evaluate import compare_inits, summarize, plot_curves, holdout, noise_baseline, novelty_audit
 from .sample import sample_models, reconstruct, relative_error
@@ -28,7 +29,7 @@ __all__ = ['PRESETS', 'DEMO_SIZES', 'fit_config', 'pretrain_run', 'Run', 'load_r
 
 # %% ../nbs/10_pipeline.ipynb #7edcb4a7
 PRESETS = {"tiny": SaneConfig.tiny,
-           "small": lambda: dataclasses.replace(SaneConfig.tiny(), d_model=64, n_heads=4, n_layers=2, lat_dim=16, windowsize=16),
+           "small": lambda: dataclasses.replace(SaneConfig.tiny(), d_model=64, n_heads=4, n_layers=2, lat_dim=16, windowsize=64),
            "paper_cnn": SaneConfig.paper_cnn, "paper_resnet18": SaneConfig.paper_resnet18}
 
 def fit_config(
@@ -60,7 +61,7 @@ def pretrain_run(
     steps:int=1000,         # optimisation steps
     bs:int=16,              # batch size
     lr:float=1e-3,          # peak learning rate (one-cycle)
-    tokensize:int=16,       # token length; 0 = one token per neuron
+    tokensize:int=0,        # token length; 0 = one token per neuron (published)
     windowsize:int|None=0,  # see `fit_config`
     min_acc:float=0.0,      # train only on checkpoints this accurate (their statistics standardise every split)
     min_epoch:int=0,        # ... and at least this many epochs old
@@ -80,8 +81,11 @@ def pretrain_run(
     tz = _tokens(load_zoo(zoo_path), out/"tokens", tokensize, seed, min_acc, min_epoch, progress)
     cfg = fit_config(tz, preset, windowsize)
     t0 = time.time()
-    _, losses = pretrain_on_zoo(tz, cfg, steps=steps, bs=bs, lr=lr, seed=seed, out=out/"sane", progress=progress, plot=False)
-    save_json({**settings, "config": dataclasses.asdict(cfg), "pretrain_s": time.time() - t0,
+    sane, losses = pretrain_on_zoo(tz, cfg, steps=steps, bs=bs, lr=lr, seed=seed, out=out/"sane", progress=progress, plot=False)
+    t1, diag = time.time(), diagnose(sane, tz, seed=seed)
+    save_json(diag.to_dict(), out/"diagnosis.json")
+    with atomic_write(out/"diagnosis.md", "w") as f: f.write(diag._repr_markdown_() + "\n")
+    save_json({**settings, "config": dataclasses.asdict(cfg), "pretrain_s": t1 - t0, "learned": diag.learned,
                "loss_first": float(np.mean(losses[:10])), "loss_last": float(np.mean(losses[-10:]))}, out/"run.json")
     return load_json(out/"run.json")
 
@@ -123,7 +127,7 @@ def probe_run(
     "Embed every checkpoint of a run's zoo and probe its properties against s(W) and W; writes probe.json, probe.md, pca.png"
     run = run if isinstance(run, Run) else load_run(run)
     out = Path(out or run.path/"probe")
-    feats = representations(run.sane, run.tz)
+    feats = representations(run.sane, run.tz) | untrained_representations(run.sane, run.tz, seed)
     table = predict_properties(feats, run.tz.props, run.tz.splits, families=families, seed=seed, out=out/"probe.json")
     with atomic_write(out/"probe.md", "w") as f: f.write(table._repr_markdown_())
     _save_pca(feats["sane"], run.tz.props, out/"pca.png")
@@ -207,7 +211,8 @@ def demo(
     table = probe_run(run, out/"probe", families=("linear",) if quick else ("linear", "nonlinear"))
     sample = sample_run(run, out/"sample", n=sz["n"], epochs=sz["ft_epochs"], populations=sz["populations"], k=sz["k"],
                         audit=not quick)
-    res = dict(zoo=repr(zoo), run=run_info, probe=table.nested(), sample=sample, seconds=time.time() - t0)
+    res = dict(zoo=repr(zoo), run=run_info, diagnosis=load_json(out/"run"/"diagnosis.json"), probe=table.nested(),
+               sample=sample, seconds=time.time() - t0)
     save_json(res, out/"demo.json")
     with atomic_write(out/"report.md", "w") as f: f.write(demo_report(res))
     return res
@@ -215,10 +220,10 @@ def demo(
 # %% ../nbs/10_pipeline.ipynb #ce099897
 def demo_report(res:dict)->str:
     "The demo's results as a short markdown report that says what each number means"
-    run, s = res["run"], res["sample"]
+    run, s, d = res["run"], res["sample"], Diagnosis.from_dict(res["diagnosis"])
     lin = res["probe"].get("linear", {}).get("r2", {})
     rows = [f"| {rep} | " + " | ".join(f"{lin.get(rep, {}).get(t, float('nan')):.3f}" for t in ("test_acc", "epoch", "ggap")) + " |"
-            for rep in ("sane", "sane_layers", "s(W)", "W")]
+            for rep in ("sane", "sane_layers", "untrained:sane_layers", "s(W)", "W")]
     acc = s["acc"]
     eps = [e for e in acc["sane"] if not e.endswith("_std")]
     arows = [f"| {m} | " + " | ".join(f"{acc[m][e]:.3f} ± {acc[m][e + '_std']:.3f}" for e in eps) + " |" for m in acc]
@@ -226,11 +231,18 @@ def demo_report(res:dict)->str:
         "# sane_nb demo report", "",
         f"Zoo: {res['zoo']} (digits, one training setting, many seeds). SANE: preset `{run['preset']}`, "
         f"{run['steps']} steps, loss {run['loss_first']:.3f} -> {run['loss_last']:.3f}. Total {res['seconds']:.0f} s.", "",
+        "## Did SANE learn?", "",
+        f"Measured on the validation models ({'every check passed' if d.learned else '**not every check passed: read the numbers below with that in mind**'}). "
+        "`retrieval`: how often the two views of a model (one randomly permuted, both noisy) find each other among "
+        "a batch whose windows all sit at the same place in the model, against 10x chance; `reconstruction`: error power "
+        "/ signal power of the most accurate quarter of the models; `floor`: best linear R² on test accuracy of the trained "
+        "SANE against the same SANE untrained.", "",
+        d._repr_markdown_(), "",
         "## Property prediction (linear ridge probe, R² on the test split)", "",
         "How much of each property's variance across held-out models a linear probe on each representation explains "
         "(1 = perfect, 0 = no better than the mean). `sane`: SANE embeddings averaged over all tokens (the published "
-        "choice); `sane_layers`: their mean and spread per layer; `s(W)`: per-layer weight statistics (the baseline "
-        "to beat); `W`: all weights.", "",
+        "choice); `sane_layers`: their mean and spread per layer; `untrained:sane_layers`: the same from the SANE before "
+        "training (the floor); `s(W)`: per-layer weight statistics (the baseline to beat); `W`: all weights.", "",
         "| representation | test accuracy | epoch | generalisation gap |", "|---|---|---|---|", *rows, "",
         "Full table (linear and non-linear probes, Kendall τ): `probe/probe.md`; the embeddings' principal components "
         "coloured by accuracy and epoch: `probe/pca.png`.", "",
