@@ -14,7 +14,9 @@ from .core import cache_path, save_json
 from .model import SaneConfig
 from .zoo import make_zoo
 from .dataset import tokenize_zoo
-from .probe import predict_properties, pretrain_on_zoo, representations
+from .probe import predict_properties, representations
+from .train import pretrain_on_zoo
+from .diagnose import diagnose, untrained_representations
 
 # %% auto #0
 __all__ = ['SIZES', 'SEEDS', 'bench_sane_config', 'bench_zoo', 'probe_zoo', 'aggregate', 'summary_markdown', 'run']
@@ -34,9 +36,10 @@ def bench_sane_config(
     "The SANE of the benchmark, with position tables fitted to the zoo's architecture"
     fit = [int(tz.pos[:, k].max())+1 for k in range(3)]
     base = SaneConfig.tiny()
-    if name == "small": base = replace(base, d_model=64, n_heads=4, n_layers=2, lat_dim=16, windowsize=16)
+    if name == "small": base = replace(base, d_model=64, n_heads=4, n_layers=2, lat_dim=16)
     elif name != "tiny": raise ValueError(f"unknown benchmark SANE {name!r}; use 'tiny' or 'small'")
-    return replace(base, tokensize=tz.tokens.shape[-1], max_positions=fit, windowsize=min(base.windowsize, fit[0]))
+    N = tz.tokens.shape[1]
+    return replace(base, tokensize=tz.tokens.shape[-1], max_positions=fit, windowsize=N if N <= 64 else base.windowsize)
 
 # %% ../nbs/93_bench_probe.ipynb #fd5ecafc
 def bench_zoo(
@@ -57,9 +60,9 @@ def probe_zoo(
     steps:int=300,        # pretraining budget in steps
     bs:int=32,            # pretraining batch size
     halo:int=2,           # halo of the embedding windows
-    tokensize:int=16,     # token length (0: one token per neuron)
+    tokensize:int=0,      # token length (0: one token per neuron)
     categorical=("act", "init", "optimizer"), # categorical targets (where they vary)
-)->dict:                  # {"table": ProbeTable, "loss": [first, last], "n_steps", "time_s": {...}}
+)->dict:                  # {"table", "table_e1": ProbeTable, "diagnosis": dict, "loss": [first, last], "n_steps", "time_s"}
     "Tokenize, pretrain, embed and probe one zoo for one seed"
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
@@ -67,13 +70,17 @@ def probe_zoo(
         t1 = time.time()
         cfg = bench_sane_config(sane, tz)
         model, losses = pretrain_on_zoo(tz, cfg, steps=steps, bs=bs, seed=seed)
-        t2 = time.time()
-        feats = representations(model, tz, halo=min(halo, (cfg.windowsize - 1)//2))
+        t2, halo = time.time(), min(halo, (cfg.windowsize - 1)//2)
+        diag = diagnose(model, tz, "val", floor=False, seed=seed, halo=halo).to_dict()
+        feats = representations(model, tz, halo=halo) | untrained_representations(model, tz, seed, halo)
         t3 = time.time()
         table = predict_properties(feats, tz.props, tz.splits, categorical=categorical, seed=seed)
+        e1 = {k: v[tz.props["epoch"][v] >= 1] for k, v in tz.splits.items()}
+        table_e1 = predict_properties(feats, tz.props, e1, categorical=categorical, seed=seed)
         t4 = time.time()
-    return dict(table=table, loss=[float(np.mean(losses[:10])), float(np.mean(losses[-10:]))], n_steps=len(losses),
-                time_s=dict(tokenize=t1-t0, pretrain=t2-t1, embed=t3-t2, probe=t4-t3))
+    return dict(table=table, table_e1=table_e1, diagnosis=diag, n_steps=len(losses),
+                loss=[float(np.mean(losses[:10])), float(np.mean(losses[-10:]))],
+                time_s=dict(tokenize=t1-t0, pretrain=t2-t1, diagnose_embed=t3-t2, probe=t4-t3))
 
 # %% ../nbs/93_bench_probe.ipynb #a1ed4e85
 def aggregate(tables:list)->dict:
@@ -98,7 +105,7 @@ def summary_markdown(
 )->str:                       # a markdown table
     "A markdown table of one metric of the benchmark summary (mean ± std over seeds)"
     lines = ["| zoo | probe | representation | " + " | ".join(targets) + " |", "|---|---|---|" + "---|"*len(targets)]
-    for zoo in ("hyper", "seed"):
+    for zoo in ("hyper", "seed", "hyper_e1", "seed_e1"):
         for fam, ms in summary.get(zoo, {}).items():
             for rep, d in ms.get(metric, {}).items():
                 cells = [f"{d[t]:.3f} ± {d[t + '_std']:.3f}" if t in d else "" for t in targets]
@@ -119,13 +126,14 @@ def run(
     if name not in SIZES: raise ValueError(f"unknown size {name!r}; choose one of {sorted(SIZES)}")
     size, t0, res = SIZES[name], time.time(), {}
     meta = dict(size=name, seeds=list(seeds), sane=size["sane"], steps=size["steps"], bs=size["bs"], halo=size["halo"],
-                dataset="digits", arch="cnn_digits", tokensize=16)
+                dataset="digits", arch="cnn_digits", tokensize=0)
     for kind in ("hyper", "seed"):
         zoo = bench_zoo(kind, **size[kind], folder=folder)
         runs = [probe_zoo(zoo, s, size["sane"], size["steps"], size["bs"], size["halo"]) for s in seeds]
-        res[kind] = aggregate([r["table"] for r in runs])
+        res[kind], res[kind + "_e1"] = (aggregate([r[t] for r in runs]) for t in ("table", "table_e1"))
         meta[kind] = dict(zoo=repr(zoo), n_checkpoints=len(zoo), n_steps=runs[0]["n_steps"],
-                          pretrain_loss=[r["loss"] for r in runs],
+                          pretrain_loss=[r["loss"] for r in runs], diagnosis=[r["diagnosis"] for r in runs],
+                          learned=[r["diagnosis"]["learned"] for r in runs],
                           time_s={k: float(np.mean([r["time_s"][k] for r in runs])) for k in runs[0]["time_s"]})
         print(f"{kind}: {zoo!r}, {time.time()-t0:.0f} s", flush=True)
     summary = {**res, "meta": meta, "total_s": time.time() - t0}

@@ -68,8 +68,8 @@ def bench_zoo(
     stats = LayerStats.from_state_dicts(sds[i] for i in good)
     prompts = [sds[i] for i in prompt_ids]
     make_model = lambda: make_net(zoo.arch["arch"], **{**zoo.arch["kwargs"], "act": act})
-    N = prompt_tokens(prompts[:1], stats, 16)[0].shape[1]
-    cfg = SaneConfig(tokensize=16, d_model=64, n_heads=4, n_layers=2, lat_dim=16, windowsize=N, max_positions=[N, 8, 32])
+    N, T = prompt_tokens(prompts[:1], stats, 0)[0].shape[1:]     # one token per neuron: 48 tokens of up to 73 weights
+    cfg = SaneConfig(tokensize=T, d_model=128, n_heads=4, n_layers=2, lat_dim=32, windowsize=N, max_positions=[N, 8, 32])
     t0 = time.time()
     sane = pretrain_for_sampling([sds[i] for i in good], stats, cfg, steps=sz["steps"], bs=sz["bs"])
     t_train = time.time() - t0
@@ -94,7 +94,7 @@ def bench_zoo(
     return {"acc": summarize(res, (0, 1, sz["ft_epochs"])), "recon_rel_err": rec.mean().item(), "epoch0_by_mode": modes, "transfer": transfer,
             "recon_rel_err_max": rec.max().item(), "novelty": audit, "dist_to_prompt": float(res["dist"].mean()),
             "act": act, "n_prompts": len(prompts), "pretrain_s": round(t_train, 1), "sane_steps": sz["steps"],
-            "curves": {m: res[m].mean(1).tolist() for m in ("sane", "scratch", "prompts", "noise")}}
+            "curves": {m: res[m].mean(1).tolist() for m in ("sane", "scratch", "prompts", "noise", "noise_layer")}}
 
 # %% ../nbs/94_bench_sample.ipynb #991bd353
 def run(

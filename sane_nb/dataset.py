@@ -107,6 +107,7 @@ def tokenize_zoo(
     standardize_layers:bool=True, # per-layer standardisation with training-split statistics
     max_iter:int=100,           # weight matching sweeps
     progress:bool=True,         # show a progress bar
+    stats:LayerStats|None=None, # standardise with these statistics instead of the training split's
 )->"TokenZoo": # the tokenized zoo (defined below)
     "Align, standardise and tokenize every checkpoint of `zoo` into `dest`"
     dest, n = Path(dest), len(zoo)
@@ -120,7 +121,7 @@ def tokenize_zoo(
     ref = zoo[ref_i][0]
     layout, spec = token_layout(ref, tokensize, ignore_bn), permutation_spec(ref)
     load = lambda i: zoo[int(i)][0]
-    stats = LayerStats.from_state_dicts(map(load, splits["train"]), ignore_bn) if standardize_layers else None
+    if stats is None and standardize_layers: stats = LayerStats.from_state_dicts(map(load, splits["train"]), ignore_bn)
     bar = (lambda x: progress_bar(list(x), leave=False)) if progress else list
     perms = {m: weight_matching(spec, ref, load(ix[-1]), max_iter=max_iter) for m, ix in zip(models, bar(models.values()))} if align else {}
     dest.mkdir(parents=True, exist_ok=True)

@@ -15,11 +15,11 @@ from torch import nn, Tensor
 
 from .nets import init_weights
 from .align import permutation_spec, weight_matching, apply_permutation
-from .sample import sample_models, accuracy, predictions, condition_bn, weight_vector
+from .sample import sample_models, select_best, accuracy, predictions, condition_bn, weight_vector
 
 # %% auto #0
-__all__ = ['holdout', 'finetune', 'noise_baseline', 'compare_inits', 'summarize', 'plot_curves', 'class_subset',
-           'transpose_images', 'novelty_audit']
+__all__ = ['holdout', 'finetune', 'noise_candidates', 'noise_baseline', 'compare_inits', 'summarize', 'plot_curves',
+           'class_subset', 'transpose_images', 'novelty_audit']
 
 # %% ../nbs/09b_evaluate.ipynb #596827b8
 def holdout(
@@ -58,22 +58,42 @@ def finetune(
     return accs
 
 # %% ../nbs/09b_evaluate.ipynb #14a20d5c
+def _layer_scales(sd, stats):
+    "Noise scale per entry: 1 everywhere (raw), or the std of the entry's layer (weights and biases of `stats`' layers)"
+    if stats is None: return {k: 1. for k, v in sd.items() if v.is_floating_point()}
+    out = {}
+    for k, (_, s) in stats.stats.items():
+        out[k] = s
+        b = k[:-len("weight")] + "bias" if k.endswith("weight") else None
+        if b in sd: out[b] = s
+    return out
+
+def noise_candidates(
+    prompts:list,          # prompt state dicts
+    dists,                 # [m] L2 distance of each noisy model to its prompt
+    nearest,               # [m] index of the prompt each noisy model starts from
+    seed:int=0,            # seed of the noise
+    stats=None,            # `LayerStats`: scale the noise per layer by its std (None: isotropic in raw space)
+)->list:                   # m state dicts
+    "Prompts plus Gaussian noise of exactly the given L2 norms, isotropic in raw or in standardised weight space"
+    g, out = torch.Generator().manual_seed(seed), []
+    for d, j in zip(torch.as_tensor(dists).tolist(), torch.as_tensor(nearest).tolist()):
+        p = prompts[j]
+        eps = {k: s*torch.randn(p[k].shape, generator=g) for k, s in _layer_scales(p, stats).items()}
+        scale = d/torch.cat([e.flatten() for e in eps.values()]).norm()
+        out.append({**{k: v.clone() for k, v in p.items()}, **{k: p[k] + scale*e for k, e in eps.items()}})
+    return out
+
 def noise_baseline(
     prompts:list,          # prompt state dicts
     samples:list,          # sampled state dicts
     seed:int=0,            # seed of the noise
+    stats=None,            # `LayerStats`: per-layer scaled noise (None: isotropic in raw space)
 )->tuple[list, Tensor]:    # noisy prompts (one per sample), distances [n] of the samples to their nearest prompt
     "Prompts plus Gaussian noise with the same L2 distance to the prompts as the samples have"
-    P = torch.stack([weight_vector(p) for p in prompts])
-    g, out, dists = torch.Generator().manual_seed(seed), [], []
-    for s in samples:
-        d = (P - weight_vector(s)).norm(dim=1)
-        j = int(d.argmin()); dists.append(d[j])
-        keys = [k for k, v in prompts[j].items() if v.is_floating_point()]
-        eps = [torch.randn(prompts[j][k].shape, generator=g) for k in keys]
-        scale = d[j]/torch.cat([e.flatten() for e in eps]).norm()
-        out.append({**{k: v.clone() for k, v in prompts[j].items()}, **{k: prompts[j][k] + scale*e for k, e in zip(keys, eps)}})
-    return out, torch.stack(dists)
+    d = torch.cdist(torch.stack([weight_vector(s) for s in samples]), torch.stack([weight_vector(p) for p in prompts]))
+    dist, j = d.min(1)
+    return noise_candidates(prompts, dist, j, seed, stats), dist
 
 # %% ../nbs/09b_evaluate.ipynb #78af9fbc
 def _curves(sds, make_model, data, bn_x, epochs, seed, **ft):
@@ -97,18 +117,22 @@ def compare_inits(
 )->dict:                   # {method: array [populations, n, epochs+1]}, and "dist": [populations, n] sample-prompt distances
     "Fine-tuning curves of sampled models vs random init, prompts and noisy prompts, over several populations"
     train_data, val = holdout(data)
-    res = {m: [] for m in ("sane", "scratch", "prompts", "noise")} | {"dist": []}
+    res = {m: [] for m in ("sane", "scratch", "prompts", "noise", "noise_layer")} | {"dist": []}
     for p in range(populations):
         s = sample_models(sane, prompts, n, stats, make_model, bn_x=train_data.x_train, val=val if k else None, k=k,
                           seed=1000*p, **(sample_kw or {}))
-        noisy, dist = noise_baseline(prompts, s.state_dicts, seed=1000*p)
+        noisy = {}
+        for m, st in (("noise", None), ("noise_layer", stats)):
+            cands = noise_candidates(prompts, s.candidate_dist, s.candidate_prompt, seed=1000*p, stats=st)
+            noisy[m] = select_best(cands, n, make_model, val if k else None, train_data.x_train, seed=1000*p)[0]
+        dist = noise_baseline(prompts, s.state_dicts)[1]   # the kept samples' distances to their nearest prompts
         scratch = []
         for j in range(n):
             torch.manual_seed(1000*p + j); net = make_model()
             if init is not None: init_weights(net, init, seed=1000*p + j)
             scratch.append(net.state_dict())
         cyc = [prompts[j % len(prompts)] for j in range(n)]
-        for m, sds in (("sane", s.state_dicts), ("scratch", scratch), ("prompts", cyc), ("noise", noisy)):
+        for m, sds in (("sane", s.state_dicts), ("scratch", scratch), ("prompts", cyc), *noisy.items()):
             res[m].append(_curves(sds, make_model, train_data, train_data.x_train, epochs, 1000*p, **ft))
         res["dist"].append(dist.tolist())
     return {m: np.array(v) for m, v in res.items()}

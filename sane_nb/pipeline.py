@@ -17,7 +17,8 @@ from .zoo import load_zoo, make_zoo, zoo_images
 from .dataset import tokenize_zoo, load_token_zoo
 from .model import SaneConfig
 from .train import load_sane
-from .probe import predict_properties, pretrain_on_zoo, representations
+from .probe import predict_properties, representations
+from .train import pretrain_on_zoo
 from .diagnose import Diagnosis, diagnose, untrained_representations
 from .analysis import plot_pca
 from .evaluate import compare_inits, summarize, plot_curves, holdout, noise_baseline, novelty_audit
@@ -249,7 +250,9 @@ def demo_report(res:dict)->str:
         "## Sampled models (test accuracy after fine-tuning epochs, mean ± std over sampled populations)", "",
         f"`sane`: models sampled from SANE around the {len(s['prompt_ids'])} best training models (the prompts); "
         "`scratch`: random initialisation; `prompts`: the prompt models themselves; `noise`: prompts plus Gaussian "
-        "noise as far from them as the samples are.", "",
+        "noise as far from them as the samples are (isotropic in raw weights); `noise_layer`: the same with the noise "
+        "scaled per layer like SANE's. Both noise baselines are subsampled on validation images exactly as SANE's "
+        "samples are.", "",
         "| method | " + " | ".join(f"epoch {e}" for e in eps) + " |", "|---|" + "---|"*len(eps), *arows, "",
         f"Relative reconstruction error of the prompts in weight space: {s['recon_rel_err']:.3f} "
         "(‖decode(encode(w)) − w‖ / ‖w‖; 0 is perfect). Curves: `sample/curves.png`.", ""])

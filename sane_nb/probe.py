@@ -18,7 +18,7 @@ from .core import save_json
 # %% auto #0
 __all__ = ['RIDGE_LAMBDAS', 'LOGISTIC_CS', 'halo_windows', 'check_positions', 'encode_windows', 'Embeddings', 'embed',
            'encode_tokens', 'weight_stats', 'flat_weights', 'r2_score', 'kendall_tau', 'Standardizer', 'ridge_fit',
-           'fit_probe', 'ProbeTable', 'predict_properties', 'pretrain_on_zoo', 'representations']
+           'fit_probe', 'ProbeTable', 'predict_properties', 'representations']
 
 # %% ../nbs/08_probe.ipynb #7c1cef27
 def halo_windows(
@@ -303,33 +303,6 @@ def _probe_all(features, props, idx, targets, categorical, families, seed, rows)
                 m = dict(acc=float(np.mean(yp == y[te]))) if cat else dict(r2=r2_score(y[te], yp), tau=kendall_tau(y[te], yp))
                 rows.append(dict(representation=name, family=fam, target=t, **m, n_features=X.shape[1], hyper=hyper,
                                  n_train=len(tr), n_test=len(te)))
-
-# %% ../nbs/08_probe.ipynb #fcaed133
-def pretrain_on_zoo(
-    tz,                    # a `sane_nb.dataset.TokenZoo` (tokenized, standardised, with splits)
-    cfg=None,              # a `SaneConfig`; None = `SaneConfig.tiny()` fitted to `tz` (tokensize, positions, window)
-    steps:int=256,         # optimisation steps (the budget; rounded up to whole batches of one epoch)
-    bs:int=32,             # batch size
-    lr:float=3e-3,         # peak learning rate of the one-cycle schedule
-    seed:int=0,            # seed of the model and of the windows
-    noise:float=0.1,       # multiplicative noise of the views (published 0.1)
-    **kwargs,              # passed to `sane_nb.train.pretrain` (gamma, device, out, ...)
-)->tuple:                  # (SANE in eval mode on the CPU, training losses per step)
-    "Pretrain a SANE for `steps` steps on two-view windows of a tokenized zoo's training split"
-    from dataclasses import replace
-    from sane_nb.model import SaneConfig
-    from sane_nb.dataset import token_loaders
-    from sane_nb.train import pretrain
-    pos = tz.pos
-    if cfg is None:
-        fit = [int(pos[:, 0].max())+1, int(pos[:, 1].max())+1, int(pos[:, 2].max())+1]
-        N, tiny = tz.tokens.shape[1], SaneConfig.tiny()
-        cfg = replace(tiny, tokensize=tz.tokens.shape[-1], max_positions=fit, windowsize=N if N <= 64 else tiny.windowsize)
-    torch.manual_seed(seed)
-    n_train = len(tz.splits["train"])
-    dl = token_loaders(tz, cfg.windowsize, bs, splits=("train",), supersample=math.ceil(steps*bs/n_train), noise=noise)["train"]
-    learn = pretrain(cfg, dl, epochs=1, lr=lr, seed=seed, **{"progress": False, **kwargs})
-    return learn.model.cpu().eval(), list(learn.metrics.losses)
 
 # %% ../nbs/08_probe.ipynb #8b3304e9
 def representations(

@@ -9,16 +9,17 @@ from typing import Callable
 
 import torch
 from torch import nn, Tensor
-from torch.utils.data import Dataset, DataLoader
 
 from .tokenize import tokenize, detokenize, token_layout, layout_mask_pos, LayerStats, standardize, destandardize
 from .model import SaneConfig, SANE
-from .train import pretrain
+from .train import pretrain_on_zoo
+from .dataset import tokenize_zoo
 from .probe import halo_windows, encode_tokens
 
 # %% auto #0
 __all__ = ['prompt_tokens', 'pretrain_for_sampling', 'decode_tokens', 'kde_sample', 'tokens_to_state_dicts', 'condition_bn',
-           'accuracy', 'predictions', 'Samples', 'sample_models', 'weight_vector', 'relative_error', 'reconstruct']
+           'accuracy', 'predictions', 'weight_vector', 'Samples', 'select_best', 'sample_models', 'relative_error',
+           'reconstruct']
 
 # %% ../nbs/09_sample.ipynb #988060d0
 def prompt_tokens(
@@ -34,18 +35,11 @@ def prompt_tokens(
     return (toks, *layout_mask_pos(layout))
 
 # %% ../nbs/09_sample.ipynb #5abe61a7
-class _TokenWindows(Dataset):
-    "Random windows of standardised checkpoints, as two views with multiplicative noise (the batch contract of 07_train)"
-    def __init__(self, toks, mask, pos, windowsize, noise, length, seed):
-        self.toks, self.mask, self.pos, self.ws, self.noise, self.length = toks, mask, pos, windowsize, noise, length
-        self.g = torch.Generator().manual_seed(seed)
-    def __len__(self): return self.length
-    def __getitem__(self, i):
-        m, N = i % len(self.toks), self.toks.shape[1]
-        s = int(torch.randint(0, N - self.ws + 1, (), generator=self.g))
-        w = self.toks[m, s:s+self.ws]
-        x = torch.stack([w*(1 + self.noise*torch.randn(w.shape, generator=self.g)) for _ in range(2)])
-        return {"x": x, "mask": self.mask[s:s+self.ws], "pos": self.pos[s:s+self.ws]}
+class _Checkpoints:
+    "State dicts as a zoo for `tokenize_zoo`: every checkpoint its own model"
+    def __init__(self, sds): self.sds = list(sds)
+    def __len__(self): return len(self.sds)
+    def __getitem__(self, i): return self.sds[i], {"model_id": i, "epoch": 0}
 
 def pretrain_for_sampling(
     sds:list,              # training checkpoints (one architecture), e.g. the good ones of the training split
@@ -57,16 +51,18 @@ def pretrain_for_sampling(
     gamma:float=0.05,      # weight of the contrastive loss (published 0.05)
     noise:float=0.1,       # multiplicative noise on both views (published 0.1)
     seed:int=0,            # seed of the windows, the noise and the initialisation
+    permute:bool=True,     # view 2 a random function-preserving permutation (published)
     **kw,                  # passed to `pretrain` (device, out, progress, ...)
 )->SANE:
-    "Train a SANE on standardised checkpoints for `steps` steps and return it in eval mode"
-    toks, mask, pos = prompt_tokens(sds, stats, cfg.tokensize)
-    if cfg.windowsize > toks.shape[1]:
-        raise ValueError(f"windowsize {cfg.windowsize} is longer than the {toks.shape[1]} tokens of a model")
-    ds = _TokenWindows(toks, mask, pos, cfg.windowsize, noise, steps*bs, seed)
-    learn = pretrain(cfg, DataLoader(ds, bs, drop_last=True), epochs=1, lr=lr, gamma=gamma, seed=seed,
-                     **{"progress": False, "plot": False, **kw})
-    return learn.raw_model.cpu().eval()
+    "Train a SANE on standardised (aligned) checkpoints for `steps` steps and return it in eval mode"
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        tz = tokenize_zoo(_Checkpoints(sds), tmp, tokensize=cfg.tokensize, splits={"train": range(len(sds))}, align=False,
+                          stats=stats, progress=False)
+        if cfg.windowsize > tz.tokens.shape[1]:
+            raise ValueError(f"windowsize {cfg.windowsize} is longer than the {tz.tokens.shape[1]} tokens of a model")
+        sane, _ = pretrain_on_zoo(tz, cfg, steps, bs, lr, seed, noise, permute, gamma=gamma, **kw)
+    return sane
 
 # %% ../nbs/09_sample.ipynb #c9c4ca56
 def decode_tokens(
@@ -155,6 +151,11 @@ def predictions(net:nn.Module, x:Tensor, bs:int=1024)->Tensor:
     dev = next(net.parameters()).device
     with torch.no_grad(): return torch.cat([net(x[i:i+bs].to(dev)).argmax(-1).cpu() for i in range(0, len(x), bs)])
 
+# %% ../nbs/09_sample.ipynb #9025a109
+def weight_vector(sd:dict)->Tensor:
+    "All floating-point entries of a state dict, flattened into one vector (state-dict order)"
+    return torch.cat([v.detach().flatten().float() for k, v in sd.items() if v.is_floating_point()])
+
 # %% ../nbs/09_sample.ipynb #10b2426c
 @dataclass
 class Samples:
@@ -163,12 +164,38 @@ class Samples:
     latents:Tensor         # [n,N,lat] the latents they were decoded from
     anchors:Tensor         # [n,N] the prompt each token's latent was drawn around
     val_acc:Tensor|None    # [n] validation accuracy (subsampling only), best first
+    candidate_dist:Tensor|None=None   # [m] every candidate's L2 distance to its nearest prompt (before subsampling)
+    candidate_prompt:Tensor|None=None # [m] the index of that nearest prompt
     def __len__(self): return len(self.state_dicts)
     def __repr__(self):
         va = "" if self.val_acc is None else f", val_acc {self.val_acc.mean():.3f}"
         return f"Samples({len(self)} models, latents {tuple(self.latents.shape)}{va})"
 
 def _has_bn(net): return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+# %% ../nbs/09_sample.ipynb #1c8b48db
+def select_best(
+    sds:list,              # candidate state dicts
+    n:int,                 # how many to keep
+    make_model:Callable,   # () -> a fresh network of their architecture
+    val:tuple|None=None,   # (x, y) validation data; None keeps the first `n`
+    bn_x:Tensor|None=None, # images for BatchNorm conditioning (required if the architecture has BatchNorm)
+    bn_iters:int=50,       # forward passes for BatchNorm conditioning
+    seed:int=0,            # seed of the BatchNorm batches (candidate j uses seed + j)
+)->tuple[list, Tensor|None, Tensor]: # (kept state dicts, their validation accuracies best first or None, kept indices)
+    "Load every candidate, re-estimate its BatchNorm statistics, and keep the `n` most accurate on `val`"
+    nets = []
+    for j, sd in enumerate(sds):
+        net = make_model(); net.load_state_dict(sd)
+        if _has_bn(net):
+            if bn_x is None: raise ValueError("the architecture has BatchNorm: pass images as bn_x to re-estimate its statistics")
+            condition_bn(net, bn_x, bn_iters, seed=seed + j)
+        nets.append(net.eval())
+    keep, va = torch.arange(len(sds))[:n], None
+    if val is not None:
+        va, keep = torch.tensor([accuracy(net, *val) for net in nets]).sort(descending=True)
+        va, keep = va[:n], keep[:n]
+    return [{k: v.detach().clone() for k, v in nets[j].state_dict().items()} for j in keep.tolist()], va, keep
 
 # %% ../nbs/09_sample.ipynb #20659990
 def sample_models(
@@ -196,25 +223,9 @@ def sample_models(
     m = (k or 4*n) if val is not None else n
     zs, anchors = kde_sample(z, m, bandwidth, mode, seed, relative)
     sds = tokens_to_state_dicts(decode_tokens(sane, zs, pos, halo, batch_size), mask, pos, stats, ref)
-    nets = []
-    for j, sd in enumerate(sds):
-        net = make_model(); net.load_state_dict(sd)
-        if _has_bn(net):
-            if bn_x is None: raise ValueError("the architecture has BatchNorm: pass images as bn_x to re-estimate its statistics")
-            condition_bn(net, bn_x, bn_iters, seed=seed + j)
-        nets.append(net.eval())
-    keep, va = torch.arange(m)[:n], None
-    if val is not None:
-        acc = torch.tensor([accuracy(net, *val) for net in nets])
-        va, keep = acc.sort(descending=True)
-        va, keep = va[:n], keep[:n]
-    sds = [{k_: v.detach().clone() for k_, v in nets[j].state_dict().items()} for j in keep.tolist()]
-    return Samples(sds, zs[keep], anchors[keep], va)
-
-# %% ../nbs/09_sample.ipynb #9025a109
-def weight_vector(sd:dict)->Tensor:
-    "All floating-point entries of a state dict, flattened into one vector (state-dict order)"
-    return torch.cat([v.detach().flatten().float() for k, v in sd.items() if v.is_floating_point()])
+    d = torch.cdist(torch.stack([weight_vector(sd) for sd in sds]), torch.stack([weight_vector(p) for p in prompts]))
+    kept, va, keep = select_best(sds, n, make_model, val, bn_x, bn_iters, seed)
+    return Samples(kept, zs[keep], anchors[keep], va, *d.min(1))
 
 # %% ../nbs/09_sample.ipynb #b88fe76a
 def relative_error(sds:list, targets:list)->Tensor:

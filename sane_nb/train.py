@@ -23,7 +23,7 @@ from .losses import SyntheticTokens, synthetic_loaders, masked_mse, nt_xent, san
 __all__ = ['EpochSampler', 'resumable_loader', 'make_optimizer', 'make_scheduler', 'amp_dtype', 'CancelFitException',
            'CancelEpochException', 'CancelBatchException', 'NonFiniteLossError', 'Callback', 'Learner', 'MetricsCB',
            'ValidCB', 'ProgressCB', 'LogCB', 'CheckpointCB', 'latest_checkpoint', 'load_sane', 'pretrain',
-           'plot_losses']
+           'plot_losses', 'zoo_config', 'pretrain_on_zoo']
 
 # %% ../nbs/07_train.ipynb #55973606
 class EpochSampler(Sampler):
@@ -437,3 +437,39 @@ def plot_losses(learn:Learner, ax=None, figsize=(4, 3)):
     if h: ax.plot([r["step"] for r in h], [r["valid_loss"] for r in h], "o-", label="valid")
     ax.set(xlabel="step", ylabel="loss", yscale="log"); ax.legend()
     return ax
+
+# %% ../nbs/07_train.ipynb #7a7f0a7c
+def zoo_config(
+    tz,                    # a `TokenZoo`
+    base:SaneConfig|None=None, # the architecture to fit (default `SaneConfig.tiny()`)
+    max_window:int=64,     # the whole model is one window if it has at most this many tokens, else `base.windowsize`
+)->SaneConfig:
+    "`base` with the token size, position tables and window fitted to a tokenized zoo"
+    import dataclasses
+    base = base or SaneConfig.tiny()
+    N, T = tz.tokens.shape[1:]
+    fit = [int(tz.pos[:, k].max()) + 1 for k in range(3)]
+    return dataclasses.replace(base, tokensize=T, max_positions=fit, windowsize=N if N <= max_window else min(base.windowsize, N))
+
+# %% ../nbs/07_train.ipynb #c4833cf4
+def pretrain_on_zoo(
+    tz,                    # a `sane_nb.dataset.TokenZoo` (tokenized, standardised, with splits)
+    cfg:SaneConfig|None=None, # the architecture; None = `zoo_config(tz)`
+    steps:int=256,         # optimisation steps (the budget; rounded up to whole batches of one epoch)
+    bs:int=32,             # batch size
+    lr:float=3e-3,         # peak learning rate of the one-cycle schedule
+    seed:int=0,            # seed of the model and of the windows
+    noise:float=0.1,       # multiplicative noise of the views (published 0.1)
+    permute:bool=True,     # view 2 a random permutation (published)
+    split:str="train",     # the split to train on
+    **kwargs,              # passed to `pretrain` (gamma, wd, clip, device, out, ...)
+)->tuple:                  # (SANE in eval mode on the CPU, training losses per step)
+    "Pretrain a SANE for `steps` steps on two-view windows of one split of a tokenized zoo"
+    from sane_nb.dataset import TokenDataset, collate_windows
+    cfg = cfg or zoo_config(tz)
+    torch.manual_seed(seed)
+    n = len(tz.splits.get(split, ()))
+    ds = TokenDataset(tz, split, cfg.windowsize, supersample=math.ceil(steps*bs/max(n, 1)), noise=noise, permute=permute)
+    dl = DataLoader(ds, bs, shuffle=True, drop_last=True, collate_fn=collate_windows)
+    learn = pretrain(cfg, dl, epochs=1, lr=lr, seed=seed, **{"progress": False, "plot": False, **kwargs})
+    return learn.raw_model.cpu().eval(), list(learn.metrics.losses)

@@ -25,7 +25,7 @@ def test_chain(tmp_path):
     assert {r["representation"] for r in rows} >= {"sane", "s(W)", "W"}
     sample = sh("sane_sample", tmp_path/"run", "--n", 2, "--n_prompts", 2, "--epochs", 1, "--populations", 1, "--k", 0)
     res = json.loads(sample.stdout.strip().splitlines()[-1])
-    assert set(res["acc"]) == {"sane", "scratch", "prompts", "noise"}
+    assert set(res["acc"]) == {"sane", "scratch", "prompts", "noise", "noise_layer"}
     assert (tmp_path/"run"/"sample"/"curves.png").stat().st_size > 1000
 
 def test_clear_errors(tmp_path):

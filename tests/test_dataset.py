@@ -79,7 +79,9 @@ def test_batch_contract(tz):
     assert (b["x"]*~b["mask"][:, None]).abs().sum() == 0                     # padding stays zero
     assert ((b["x"] == 0) & b["mask"][:, None]).sum() > 0                      # erasing happened
     assert (b["pos"][:, 1:, 0] - b["pos"][:, :-1, 0] == 1).all()              # contiguous windows
-    assert len(set(b["pos"][:, 0, 0].tolist())) > 1                            # own offset per sample
+    assert len(set(b["pos"][:, 0, 0].tolist())) == 1                           # one offset shared by the batch
+    own = TokenDataset(tz, "train", windowsize=16, offsets="sample").__getitems__(list(range(10)))
+    assert len(set(own["pos"][:, 0, 0].tolist())) > 1                          # offsets="sample": one per sample
     one = ds[3]
     assert one["x"].shape == (2, 16, 73) and one["props"]["test_acc"].shape == ()
     dl = token_loaders(tz, windowsize=16, bs=4)["train"]

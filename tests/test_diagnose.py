@@ -10,7 +10,7 @@ from sane_nb.zoo import fixture_zoo
 from sane_nb.model import SANE, SaneConfig
 from sane_nb.dataset import tokenize_zoo, token_loaders, TokenDataset
 from sane_nb.train import pretrain
-from sane_nb.probe import pretrain_on_zoo
+from sane_nb.train import pretrain_on_zoo
 from sane_nb.diagnose import (diagnose, shared_offset_retrieval, reconstruction_error, latent_variance_share,
                               _between_model_share, Diagnosis)
 

@@ -228,9 +228,13 @@ def test_bench_probe_zoo_smoke():
     from sane_nb.zoo import fixture_zoo
     from sane_nb.bench_probe import probe_zoo, aggregate, summary_markdown
     r = probe_zoo(fixture_zoo(), seed=0, steps=20, bs=8, categorical=())
-    assert r["n_steps"] >= 20 and set(r["time_s"]) == {"tokenize", "pretrain", "embed", "probe"}
+    assert r["n_steps"] >= 20 and set(r["time_s"]) == {"tokenize", "pretrain", "diagnose_embed", "probe"}
+    assert {"checks", "learned", "retrieval"} <= set(r["diagnosis"])      # every benchmark number comes with its diagnosis
     agg = aggregate([r["table"]])
     assert set(agg) == {"linear", "nonlinear"}
-    assert set(agg["linear"]["r2"]) == {"sane", "sane_std", "sane_layers", "s(W)", "W"}
+    sane = {"sane", "sane_std", "sane_layers"}
+    assert set(agg["linear"]["r2"]) == sane | {f"untrained:{k}" for k in sane} | {"s(W)", "W"}
+    e1 = {r_["target"] for r_ in r["table_e1"]}
+    assert e1 >= {"test_acc", "epoch"} and r["table_e1"][0]["n_train"] < r["table"][0]["n_train"]   # epoch-0 checkpoints left out
     assert {"test_acc", "epoch", "ggap", "test_acc_std"} <= set(agg["nonlinear"]["tau"]["s(W)"])
     assert "| hyper | linear | sane |" in summary_markdown({"hyper": agg})

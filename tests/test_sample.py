@@ -9,8 +9,8 @@ from sane_nb.align import random_permutation
 from sane_nb.tokenize import LayerStats
 from sane_nb.model import SaneConfig, SANE
 from sane_nb.sample import (prompt_tokens, decode_tokens, kde_sample, tokens_to_state_dicts, condition_bn,
-                            sample_models, weight_vector, relative_error, reconstruct, accuracy)
-from sane_nb.evaluate import (holdout, finetune, noise_baseline, novelty_audit, class_subset, transpose_images,
+                            sample_models, select_best, weight_vector, relative_error, reconstruct, accuracy)
+from sane_nb.evaluate import (holdout, finetune, noise_baseline, noise_candidates, novelty_audit, class_subset, transpose_images,
                               summarize, compare_inits)
 from sane_nb.data import ImageData
 
@@ -168,6 +168,38 @@ def test_noise_baseline_matches_distances(zoo):
     assert not torch.equal(weight_vector(noisy[0]), weight_vector(samples[0]))
 
 
+def test_noise_candidates_per_layer_and_distances(zoo):
+    "Both noise variants hit the requested distances; the per-layer one moves each layer in proportion to its std"
+    sds, stats = zoo
+    d, j = torch.tensor([0.5, 2.0, 1.0]), torch.tensor([0, 1, 0])
+    for st in (None, stats):
+        out = noise_candidates(sds, d, j, seed=1, stats=st)
+        got = torch.stack([(weight_vector(o) - weight_vector(sds[i])).norm() for o, i in zip(out, j.tolist())])
+        torch.testing.assert_close(got, d, atol=1e-4, rtol=1e-4)
+    out = noise_candidates(sds, torch.tensor([50.]), torch.tensor([0]), seed=1, stats=stats)[0]
+    ratio = {k: (out[k] - sds[0][k]).std().item()/s for k, (_, s) in stats.stats.items()}
+    assert max(ratio.values())/min(ratio.values()) < 2, ratio
+    raw = noise_candidates(sds, torch.tensor([50.]), torch.tensor([0]), seed=1)[0]
+    step = {k: (raw[k] - sds[0][k]).std().item() for k in stats.stats}
+    assert max(step.values())/min(step.values()) < 1.5          # isotropic: the same step in every layer
+
+
+def test_select_best_keeps_the_most_accurate(zoo):
+    sds, _ = zoo
+    data = _data()
+    mk = lambda: make_net("cnn_digits")
+    val = (data.x_test, data.y_test)
+    accs = torch.tensor([accuracy(_load(mk, sd), *val) for sd in sds])
+    kept, va, keep = select_best(sds, 2, mk, val)
+    assert keep.tolist() == accs.argsort(descending=True)[:2].tolist()
+    torch.testing.assert_close(va, accs.sort(descending=True).values[:2])
+    assert select_best(sds, 2, mk)[2].tolist() == [0, 1]    # no validation data: the first n
+
+
+def _load(mk, sd):
+    net = mk(); net.load_state_dict(sd); return net
+
+
 def test_novelty_audit_sees_through_permutations(zoo):
     sds, _ = zoo
     data = _data()
@@ -200,7 +232,7 @@ def test_compare_inits_and_summary(zoo):
     res = compare_inits(_sane(16, N), sds, stats, lambda: make_net("cnn_digits"), _data(), n=2, epochs=1, populations=2)
     assert res["sane"].shape == (2, 2, 2) and res["dist"].shape == (2, 2)
     sm = summarize(res, (0, 1, 5))
-    assert set(sm) == {"sane", "scratch", "prompts", "noise"} and set(sm["sane"]) == {"0", "0_std", "1", "1_std"}
+    assert set(sm) == {"sane", "scratch", "prompts", "noise", "noise_layer"} and set(sm["sane"]) == {"0", "0_std", "1", "1_std"}
 
 
 def test_reconstruct_shapes(zoo):
