@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn, Tensor
 from scipy.optimize import linear_sum_assignment
+from .tokenize import check_finite
 
 # %% auto #0
 __all__ = ['PermutationSpec', 'permutation_spec', 'apply_permutation', 'random_permutation', 'weight_matching', 'align_epochs']
@@ -156,6 +157,8 @@ def weight_matching(
         if k not in sd or sd[k].shape != reference_sd[k].shape:
             raise ValueError(f"weight_matching: {k!r} has shape {tuple(sd[k].shape) if k in sd else None} in the model "
                              f"but {tuple(reference_sd[k].shape)} in the reference")
+    check_finite(reference_sd, list(spec.axes_to_perm), "weight_matching: the reference: ")
+    check_finite(sd, list(spec.axes_to_perm), "weight_matching: the model to align: ")
     perm = {p: (init[p].clone() if init else torch.arange(n)) for p, n in sizes.items()}
     ref = {(k, a): _front(reference_sd[k].float(), a, sizes[p]) for p, ax in spec.perm_to_axes.items() for k, a in ax}
     g, names = torch.Generator().manual_seed(seed), list(sizes)

@@ -19,7 +19,8 @@ from .probe import representations, predict_properties
 from .diagnose import diagnose, reconstruction_error
 
 # %% auto #0
-__all__ = ['PUBLISHED', 'ZOO', 'SIZES', 'parity_config', 'padding_gamma', 'parity_seed', 'parity_summary', 'run']
+__all__ = ['PUBLISHED', 'ZOO', 'SIZES', 'parity_config', 'padding_gamma', 'parity_seed', 'parity_summary', 'run',
+           'parity_markdown']
 
 # %% ../nbs/96_bench_parity.ipynb #2c68733a
 PUBLISHED = {"sane_mean_r2_test_acc": (0.685, 0.016), "sane_mean_tau_test_acc": 0.757, "sane_mean_r2_epoch": 0.893,
@@ -127,3 +128,33 @@ def run(
     if out is not None: save_json(summary, out)
     print(json.dumps(summary))
     return summary
+
+# %% ../nbs/96_bench_parity.ipynb #1b01b72c
+def parity_markdown(
+    summary:dict,         # what `run` returns (or its JSON file, loaded)
+)->str:                   # markdown tables
+    "The parity results beside the published numbers, and the diagnostics"
+    s, pub = summary["summary"], summary["published"]
+    f = lambda k: "{:.3f} ± {:.3f}".format(*s[k])
+    pv = lambda k: (f"{pub[k][0]:.3f} ± {pub[k][1]:.3f}" if k == "sane_mean_r2_test_acc" else
+                    f"{pub[k][0]:.2f}–{pub[k][1]:.2f}" if isinstance(pub[k], (list, tuple)) else f"{pub[k]:.3f}")
+    rows = [("SANE mean pooling, linear R² test accuracy", f("linear/sane/r2_test_acc"), pv("sane_mean_r2_test_acc")),
+            ("SANE mean pooling, linear Kendall τ test accuracy", f("linear/sane/tau_test_acc"), pv("sane_mean_tau_test_acc")),
+            ("SANE mean pooling, linear R² epoch", f("linear/sane/r2_epoch"), pv("sane_mean_r2_epoch")),
+            ("SANE mean pooling, gradient boosting R² test accuracy", f("nonlinear/sane/r2_test_acc"), pv("nonlinear_sane_r2_test_acc")),
+            ("SANE per-layer pooling, linear R² test accuracy", f("linear/sane_layers/r2_test_acc"), "–"),
+            ("s(W), linear R² test accuracy", f("linear/s(W)/r2_test_acc"), pv("s(W)_r2_test_acc")),
+            ("s(W), linear Kendall τ test accuracy", f("linear/s(W)/tau_test_acc"), pv("s(W)_tau_test_acc")),
+            ("s(W), linear R² epoch", f("linear/s(W)/r2_epoch"), pv("s(W)_r2_epoch")),
+            ("s(W), gradient boosting R² test accuracy", f("nonlinear/s(W)/r2_test_acc"), pv("nonlinear_s(W)_r2_test_acc")),
+            ("reconstruction error, train models", f("recon_train"), pv("recon_train")),
+            ("reconstruction error, validation models", f("recon_val"), pv("recon_val"))]
+    out = ["| measure | sane_nb | published code |", "|---|---|---|", *[f"| {a} | {b} | {c} |" for a, b, c in rows], "",
+           "| diagnostic (validation models) | mean ± std | chance / floor |", "|---|---|---|",
+           f"| shared-offset top-1 retrieval | {f('retrieval_top1')} | {s['retrieval_chance']:.3f} |",
+           f"| shared-offset NT-Xent | {f('nt_xent')} | {s['nt_xent_chance']:.3f} |",
+           f"| reconstruction error by accuracy quartile (low → high) | {' / '.join(f'{x:.3f}' for x in s['recon_val_by_quartile'])} | < 0.3 |",
+           f"| between-model share of variance: latents / tokens | {f('latent_share_between_models')} / {f('tokens_share_between_models')} | |",
+           f"| best linear R² test accuracy, trained / untrained SANE | {f('floor_trained_r2')} / {f('floor_random_init_r2')} | |",
+           f"| every check passed | {', '.join('yes' if x else 'no' for x in s['learned'])} | |"]
+    return "\n".join(out)

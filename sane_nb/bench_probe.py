@@ -36,7 +36,7 @@ def bench_sane_config(
     "The SANE of the benchmark, with position tables fitted to the zoo's architecture"
     fit = [int(tz.pos[:, k].max())+1 for k in range(3)]
     base = SaneConfig.tiny()
-    if name == "small": base = replace(base, d_model=64, n_heads=4, n_layers=2, lat_dim=16)
+    if name == "small": base = replace(base, tokensize=tz.tokens.shape[-1], d_model=64, n_heads=4, n_layers=2, lat_dim=16)
     elif name != "tiny": raise ValueError(f"unknown benchmark SANE {name!r}; use 'tiny' or 'small'")
     N = tz.tokens.shape[1]
     return replace(base, tokensize=tz.tokens.shape[-1], max_positions=fit, windowsize=N if N <= 64 else base.windowsize)

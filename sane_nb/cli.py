@@ -57,7 +57,9 @@ def _run(fn, config, given, defaults):
     import os, torch
     torch.set_num_threads(int(os.environ.get("SANE_THREADS", 1)))
     try: return fn(**with_config(config, given, defaults))
-    except (ValueError, FileNotFoundError, KeyError, ConnectionError) as e: raise SystemExit(f"{fn.__name__}: {e}") from None
+    except (ValueError, FileNotFoundError, KeyError, ConnectionError) as e:
+        msg = str(e).strip("'")   # (a KeyError's message comes quoted)
+        raise SystemExit(msg if msg.startswith(fn.__name__) else f"{fn.__name__}: {msg}") from None
 
 @call_parse
 def sane_zoo(
@@ -86,7 +88,7 @@ def sane_pretrain(
     steps:int=1000,           # optimisation steps
     bs:int=16,                # batch size
     lr:float=1e-3,            # peak learning rate
-    tokensize:int=16,         # token length (0: one token per neuron)
+    tokensize:int=0,          # token length (0: one token per neuron, published)
     windowsize:int=0,         # tokens per window (0: the whole model)
     min_acc:float=0.0,        # train on checkpoints at least this accurate
     seed:int=0,               # seed
@@ -94,7 +96,7 @@ def sane_pretrain(
 ):
     "Tokenize a zoo and pretrain a SANE on it (resumable); prints the run's settings"
     from sane_nb.pipeline import pretrain_run
-    d = dict(preset="small", steps=1000, bs=16, lr=1e-3, tokensize=16, windowsize=0, min_acc=0.0, seed=0)
+    d = dict(preset="small", steps=1000, bs=16, lr=1e-3, tokensize=0, windowsize=0, min_acc=0.0, seed=0)
     print(json.dumps(_run(pretrain_run, config, dict(zoo=zoo, out=out, preset=preset, steps=steps, bs=bs, lr=lr,
                                                      tokensize=tokensize, windowsize=windowsize, min_acc=min_acc, seed=seed), d)))
 

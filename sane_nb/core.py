@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #e6446c75
 from __future__ import annotations
-import json, os, random, tempfile
+import json, math, os, random, tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file as _st_load_file, save as _st_save
 
 # %% auto #0
-__all__ = ['seed_everything', 'torch_threads', 'default_device', 'sane_home', 'data_path', 'cache_path', 'atomic_write',
-           'save_json', 'load_json', 'save_tensors', 'load_tensors', 'load_torch']
+__all__ = ['OPTION_KINDS', 'seed_everything', 'torch_threads', 'default_device', 'sane_home', 'data_path', 'cache_path',
+           'atomic_write', 'save_json', 'load_json', 'save_tensors', 'load_tensors', 'load_torch', 'check_options']
 
 # %% ../nbs/00_core.ipynb #8fc90bf2
 def seed_everything(
@@ -140,3 +140,28 @@ def load_torch(path:str|Path, map_location:str="cpu"):
     except Exception as e:
         raise ValueError(f"{path}: cannot be loaded safely as tensors "
                          f"(corrupt, truncated, or it contains pickled objects other than tensors): {e}") from None
+
+# %% ../nbs/00_core.ipynb #9d83144e
+def _num(v): return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+def _int(v): return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+OPTION_KINDS = {  # name -> (what it accepts, test)
+    "int>=1": ("an integer >= 1", lambda v: _int(v) and v >= 1),
+    "int>=0": ("an integer >= 0", lambda v: _int(v) and v >= 0),
+    "int>=1|None": ("an integer >= 1 or None", lambda v: v is None or (_int(v) and v >= 1)),
+    "int>=0|None": ("an integer >= 0 or None", lambda v: v is None or (_int(v) and v >= 0)),
+    "float>0": ("a finite number > 0", lambda v: _num(v) and v > 0),
+    "float>=0": ("a finite number >= 0", lambda v: _num(v) and v >= 0),
+    "[0,1]": ("a number in [0, 1]", lambda v: _num(v) and 0 <= v <= 1),
+    "str": ("a string", lambda v: isinstance(v, str)),
+}
+
+def check_options(
+    where:str,     # the function or command, for the message
+    **opts,        # name=(value, kind): kind a key of `OPTION_KINDS`, or a tuple of accepted values
+):
+    "Raise one `ValueError` naming the first option whose value has the wrong type or lies outside its range"
+    for name, (v, kind) in opts.items():
+        if isinstance(kind, tuple): desc, ok = f"one of {', '.join(map(repr, kind))}", v in kind
+        else: desc, ok = OPTION_KINDS[kind][0], OPTION_KINDS[kind][1](v)
+        if not ok: raise ValueError(f"{where}: option {name!r} must be {desc}, got {v!r}")

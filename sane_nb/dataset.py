@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, DataLoader
 from fastprogress.fastprogress import progress_bar
 from .core import atomic_write, save_json, load_json, save_tensors, load_tensors
-from .tokenize import TokenLayout, token_layout, tokenize, detokenize, layout_mask_pos, LayerStats, standardize, destandardize
+from .tokenize import TokenLayout, token_layout, tokenize, check_finite, detokenize, layout_mask_pos, LayerStats, standardize, destandardize
 from .align import PermutationSpec, permutation_spec, apply_permutation, weight_matching
 
 # %% auto #0
@@ -120,7 +120,10 @@ def tokenize_zoo(
     ref_i = models[mid[splits["train"][0]].item()][-1]
     ref = zoo[ref_i][0]
     layout, spec = token_layout(ref, tokensize, ignore_bn), permutation_spec(ref)
-    load = lambda i: zoo[int(i)][0]
+    def load(i):
+        sd = zoo[int(i)][0]
+        check_finite(sd, where=f"tokenize_zoo: checkpoint {int(i)}: ")   # one bad checkpoint must not poison the statistics
+        return sd
     if stats is None and standardize_layers: stats = LayerStats.from_state_dicts(map(load, splits["train"]), ignore_bn)
     bar = (lambda x: progress_bar(list(x), leave=False)) if progress else list
     perms = {m: weight_matching(spec, ref, load(ix[-1]), max_iter=max_iter) for m, ix in zip(models, bar(models.values()))} if align else {}

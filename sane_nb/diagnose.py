@@ -4,7 +4,7 @@
 
 # %% ../nbs/09c_diagnose.ipynb #90c816dc
 from __future__ import annotations
-import math
+import math, warnings
 from dataclasses import dataclass, field, asdict
 
 import numpy as np
@@ -116,7 +116,11 @@ def probe_floor(
 )->dict:                    # {"trained": best R², "random_init": best R², "pooling": {...}}
     "Best linear-probe R² over SANE poolings, for the trained SANE and for a randomly initialised one of its config"
     feats = representations(sane, tz, halo=halo, baselines=False) | untrained_representations(sane, tz, seed, halo)
-    rows = predict_properties(feats, tz.props, tz.splits, targets=(target,), categorical=(), families=("linear",))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = [r for r in predict_properties(feats, tz.props, tz.splits, targets=(target,), categorical=(), families=("linear",))
+                if r["r2"] is not None]
+    if not rows: raise ValueError(f"probe_floor: {target!r} is constant on the training split: no floor to measure")
     best = lambda untrained: max((r for r in rows if r["representation"].startswith("untrained:") == untrained),
                                  key=lambda r: np.nan_to_num(r["r2"], nan=-np.inf))
     b, b0 = best(False), best(True)
@@ -180,4 +184,11 @@ def diagnose(
                      reconstruction_error(sane, tz, split, halo=halo),
                      shared_offset_retrieval(sane, tz, split, bs=bs, noise=noise, seed=seed),
                      latent_variance_share(sane, tz, split, halo=halo),
-                     probe_floor(sane, tz, seed=seed, halo=halo) if floor else None, split)
+                     _floor(sane, tz, seed, halo) if floor else None, split)
+
+def _floor(sane, tz, seed, halo):
+    "`probe_floor`, or None with a warning when the zoo is too small to probe"
+    try: return probe_floor(sane, tz, seed=seed, halo=halo)
+    except ValueError as e:
+        warnings.warn(f"diagnose: no probe floor ({e})", stacklevel=3)
+        return None

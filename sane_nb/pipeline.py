@@ -10,15 +10,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import load_json, save_json, atomic_write
+from .core import load_json, save_json, atomic_write, check_options
 from .data import load_dataset
 from .nets import make_net
 from .zoo import load_zoo, make_zoo, zoo_images
 from .dataset import tokenize_zoo, load_token_zoo
 from .model import SaneConfig
-from .train import load_sane
 from .probe import predict_properties, representations
-from .train import pretrain_on_zoo
+from .train import pretrain_on_zoo, load_sane, latest_checkpoint
 from .diagnose import Diagnosis, diagnose, untrained_representations
 from .analysis import plot_pca
 from .evaluate import compare_inits, summarize, plot_curves, holdout, noise_baseline, novelty_audit
@@ -30,7 +29,8 @@ __all__ = ['PRESETS', 'DEMO_SIZES', 'fit_config', 'pretrain_run', 'Run', 'load_r
 
 # %% ../nbs/10_pipeline.ipynb #7edcb4a7
 PRESETS = {"tiny": SaneConfig.tiny,
-           "small": lambda: dataclasses.replace(SaneConfig.tiny(), d_model=64, n_heads=4, n_layers=2, lat_dim=16, windowsize=64),
+           "small": lambda: dataclasses.replace(SaneConfig.tiny(), tokensize=73, d_model=64, n_heads=4, n_layers=2, lat_dim=16,
+                                                windowsize=64),  # tokensize: the digits CNN's; `fit_config` fits it to the zoo
            "paper_cnn": SaneConfig.paper_cnn, "paper_resnet18": SaneConfig.paper_resnet18}
 
 def fit_config(
@@ -70,14 +70,20 @@ def pretrain_run(
     progress:bool=True,
 )->dict:                    # the run's settings (also in `out/run.json`)
     "Tokenize a zoo into a run folder and pretrain a SANE there (resumable)"
+    check_options("pretrain_run", preset=(preset, tuple(PRESETS)), steps=(steps, "int>=1"), bs=(bs, "int>=1"),
+                  lr=(lr, "float>0"), tokensize=(tokensize, "int>=0"), windowsize=(windowsize, "int>=0|None"),
+                  min_acc=(min_acc, "[0,1]"), min_epoch=(min_epoch, "int>=0"), seed=(seed, "int>=0"))
     out, zoo_path = Path(out), Path(zoo).resolve()
+    if not zoo_path.exists(): raise FileNotFoundError(f"pretrain_run: no zoo folder at {zoo_path}")
     settings = dict(zoo=str(zoo_path), preset=preset, steps=steps, bs=bs, lr=lr, tokensize=tokensize,
                     windowsize=windowsize, min_acc=min_acc, min_epoch=min_epoch, seed=seed)
     if (out/"run.json").exists():
         old = load_json(out/"run.json")
         diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
-        if diff: raise ValueError(f"{out} holds another run (differs in {diff}); use another folder")
-        if "config" in old: return old                       # finished earlier
+        if diff and latest_checkpoint(out/"sane") is None:   # a run that stopped before training: nothing to keep
+            shutil.rmtree(out/"tokens", ignore_errors=True)
+        elif diff: raise ValueError(f"{out} holds another run (differs in {diff}); use another folder")
+        elif "config" in old: return old                     # finished earlier
     save_json(settings, out/"run.json")
     tz = _tokens(load_zoo(zoo_path), out/"tokens", tokensize, seed, min_acc, min_epoch, progress)
     cfg = fit_config(tz, preset, windowsize)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_probe.ipynb #6e2384cc
 from __future__ import annotations
-import math
+import math, warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -280,9 +280,15 @@ def predict_properties(
     n = len(props)
     for name, X in features.items():
         if len(X) != n: raise ValueError(f"representation {name!r} has {len(X)} rows but there are {n} checkpoints")
+        bad = np.flatnonzero(~np.isfinite(np.asarray(X, np.float64).reshape(n, -1)).all(1))
+        if len(bad): raise ValueError(f"representation {name!r} has non-finite features (NaN/Inf) for checkpoints {bad[:5].tolist()}"
+                                      f"{' ...' if len(bad) > 5 else ''}: probes need finite features")
     for t in targets:
         if all(t not in p for p in props): raise KeyError(f"target {t!r} is in no checkpoint's properties (keys: {sorted(props[0])})")
-    idx = {k: np.asarray(split[k]) for k in ("train", "val", "test")}
+    idx = {k: np.asarray(split.get(k, []), dtype=int) for k in ("train", "val", "test")}
+    if small := {k: len(v) for k, v in idx.items() if len(v) < 2}:
+        raise ValueError(f"predict_properties: split too small to probe: {small} checkpoints (each of train, val and test "
+                         f"needs at least 2: val chooses the regularisation, test scores it); use a zoo with more models")
     rows = ProbeTable()
     with threadpool_limits(1): _probe_all(features, props, idx, targets, categorical, families, seed, rows)
     if out is not None: save_json(list(rows), out)
@@ -293,7 +299,13 @@ def _probe_all(features, props, idx, targets, categorical, families, seed, rows)
     for t, cat in [(t, False) for t in targets] + [(c, True) for c in categorical if any(c in p for p in props)]:
         y, ok = _target(props, t, cat)
         tr, va, te = (i[ok[i]] for i in (idx["train"], idx["val"], idx["test"]))
-        if len(set(y[tr].tolist())) < 2: continue
+        if len(set(y[tr].tolist())) < 2:
+            if cat: continue   # a hyperparameter the zoo does not vary (e.g. the activation of a seed zoo)
+            warnings.warn(f"predict_properties: target {t!r} is constant on the training split ({y[tr][:1].tolist()}): "
+                          f"nothing to predict, its rows have r2 = tau = None", stacklevel=3)
+            rows.extend(dict(representation=name, family=fam, target=t, r2=None, tau=None, n_features=None, hyper=None,
+                             n_train=len(tr), n_test=len(te)) for name in features for fam in families)
+            continue
         for name, X in features.items():
             X = np.asarray(X, np.float64).reshape(n, -1)
             z = Standardizer(X[tr])

@@ -15,8 +15,8 @@ from fastcore.basics import patch
 from .core import save_json, load_json
 
 # %% auto #0
-__all__ = ['LayerEntry', 'TokenLayout', 'auto_tokensize', 'token_layout', 'layout_mask_pos', 'tokenize', 'detokenize',
-           'LayerStats', 'standardize', 'destandardize']
+__all__ = ['LayerEntry', 'TokenLayout', 'auto_tokensize', 'token_layout', 'layout_mask_pos', 'check_finite', 'tokenize',
+           'detokenize', 'LayerStats', 'standardize', 'destandardize']
 
 # %% ../nbs/03_tokenize.ipynb #fefbbbc9
 _STATS = ("running_mean", "running_var")
@@ -131,6 +131,20 @@ def layout_mask_pos(layout:TokenLayout)->tuple[Tensor, Tensor]:
     mask, pos = _mask_pos(layout)
     return mask.clone(), pos.clone()
 
+# %% ../nbs/03_tokenize.ipynb #9b943b5e
+def check_finite(
+    sd:dict,          # a state dict
+    keys=None,        # the entries to check (default: every floating-point entry)
+    where:str="",     # prefix of the message, e.g. which checkpoint this is
+):
+    "Raise a `ValueError` naming the first entry of `sd` that holds NaN or infinite values"
+    for k in (sd if keys is None else keys):
+        v = sd[k]
+        if torch.is_floating_point(v) and not bool(torch.isfinite(v).all()):
+            n_nan, n_inf = int(torch.isnan(v).sum()), int(torch.isinf(v).sum())
+            raise ValueError(f"{where}non-finite weights in {k!r} ({n_nan} NaN, {n_inf} Inf): a diverged or corrupted "
+                             f"checkpoint; drop it (load_zoo drops such checkpoints unless told otherwise)")
+
 # %% ../nbs/03_tokenize.ipynb #63d18b1c
 def tokenize(
     sd:dict,                    # a state dict
@@ -140,6 +154,7 @@ def tokenize(
 )->tuple[Tensor, Tensor, Tensor]: # tokens [N,T] float32, mask [N,T] bool, positions [N,3] long
     "Turn `sd` into tokens (one row per output neuron, bias last, chunked and zero-padded), a mask and positions"
     layout = layout or token_layout(sd, tokensize, ignore_bn)
+    check_finite(sd, [k for e in layout.entries for k in (e.key, e.bias) if k is not None])
     T = layout.tokensize
     tok = torch.zeros(layout.n_tokens, T)
     for e in layout.entries:
@@ -202,7 +217,8 @@ class LayerStats:
     )->LayerStats:
         "Mean and std of every tokenized layer (weights and bias pooled) over `sds`, accumulated in float64"
         acc = {}
-        for sd in sds:
+        for i, sd in enumerate(sds):
+            check_finite(sd, [x for kb in _tokenizable(sd, ignore_bn) for x in kb if x is not None], f"state dict {i}: ")
             for k, b in _tokenizable(sd, ignore_bn):
                 v = sd[k].detach().double().flatten()
                 if b is not None: v = torch.cat([v, sd[b].detach().double()])

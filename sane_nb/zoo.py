@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn, Tensor
 from fastprogress.fastprogress import progress_bar
-from .core import cache_path, atomic_write, save_json, load_json, save_tensors, load_tensors, load_torch, torch_threads
+from .core import cache_path, atomic_write, save_json, load_json, save_tensors, load_tensors, load_torch, torch_threads, check_options
 from .data import ImageData, load_dataset, train_subset
 from .nets import ACTIVATIONS, INITS, ZooCNN, make_net
 from .population import METRICS, train_population
@@ -154,6 +154,9 @@ def make_zoo(
     device:str|None=None,        # None: the CPU (exactly reproducible); "cuda" for 28x28 zoos, with n_workers=1
 )->"Zoo":
     "Train a population of models (batched, in parallel, resumable) into a native zoo folder, and load it"
+    check_options("make_zoo", n_models=(n_models, "int>=1"), epochs=(epochs, "int>=1"), seed=(seed, "int>=0"),
+                  kind=(kind, ("hyper", "seed")), batch_size=(batch_size, "int>=1"), chunk_size=(chunk_size, "int>=1"),
+                  train_images=(train_images, "int>=1|None"), n_workers=(n_workers, "int>=1"))
     dest = Path(dest)
     data = load_dataset(dataset, data_folder)
     if arch is None or isinstance(arch, str): arch = {"arch": arch or DEFAULT_ARCH[dataset], "kwargs": {}}

@@ -42,3 +42,38 @@ def test_demo_quick(tmp_path):
     assert "sane_nb demo report" in out.stdout
     for f in ("demo.json", "report.md", "probe/probe.json", "probe/pca.png", "sample/sample.json", "sample/curves.png"):
         assert (tmp_path/"demo"/f).exists(), f
+
+
+def _cli(tool, *args, tmp):
+    import os, subprocess, sys
+    from pathlib import Path
+    env = {**os.environ, "SANE_HOME": str(tmp/"home"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([str(Path(sys.executable).parent/tool), *map(str, args)], capture_output=True, text=True, env=env)
+
+
+def test_bad_options_are_one_line_naming_the_option(tmp_path):
+    "Sizes out of range and wrong types from a JSON config: one line naming the option, nothing written"
+    from sane_nb.zoo import fixture_zoo
+    zoo = fixture_zoo()
+    for args, name in ((["--n_models", "0"], "n_models"), (["--epochs", "-1"], "epochs"), (["--n_workers", "0"], "n_workers")):
+        r = _cli("sane_zoo", tmp_path/"z", "--n_models", "2", "--epochs", "1", *args, tmp=tmp_path)
+        assert r.returncode != 0 and "Traceback" not in r.stderr and f"option '{name}'" in r.stderr, r.stderr
+        assert not (tmp_path/"z").exists()
+    (tmp_path/"c.json").write_text('{"steps": "2"}')
+    for args, name in ((["--steps", "0"], "steps"), (["--lr", "0"], "lr"), (["--bs", "-1"], "bs"),
+                       (["--config", tmp_path/"c.json"], "steps")):
+        r = _cli("sane_pretrain", zoo.path, tmp_path/"run", "--preset", "tiny", *args, tmp=tmp_path)
+        assert r.returncode != 0 and "Traceback" not in r.stderr and f"option '{name}'" in r.stderr, r.stderr
+        assert r.stderr.count("pretrain_run:") == 1
+        assert not (tmp_path/"run").exists()
+
+
+def test_a_run_that_did_no_work_does_not_block_the_corrected_rerun(tmp_path):
+    from sane_nb.zoo import fixture_zoo
+    from sane_nb.core import save_json
+    zoo = fixture_zoo()
+    r = _cli("sane_pretrain", tmp_path/"zoo_typo", tmp_path/"run", "--preset", "tiny", "--steps", "2", tmp=tmp_path)
+    assert r.returncode != 0 and "zoo_typo" in r.stderr and "Traceback" not in r.stderr
+    save_json({"zoo": "elsewhere", "steps": 7}, tmp_path/"run"/"run.json")      # as an older version left it
+    r = _cli("sane_pretrain", zoo.path, tmp_path/"run", "--preset", "tiny", "--steps", "2", "--bs", "8", tmp=tmp_path)
+    assert r.returncode == 0, r.stderr

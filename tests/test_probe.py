@@ -238,3 +238,26 @@ def test_bench_probe_zoo_smoke():
     assert e1 >= {"test_acc", "epoch"} and r["table_e1"][0]["n_train"] < r["table"][0]["n_train"]   # epoch-0 checkpoints left out
     assert {"test_acc", "epoch", "ggap", "test_acc_std"} <= set(agg["nonlinear"]["tau"]["s(W)"])
     assert "| hyper | linear | sane |" in summary_markdown({"hyper": agg})
+
+
+def test_probes_refuse_non_finite_features():
+    X = np.random.default_rng(0).normal(size=(30, 4)); X[5, 2] = np.nan
+    props = [{"test_acc": float(i)} for i in range(30)]
+    split = {"train": np.arange(20), "val": np.arange(20, 25), "test": np.arange(25, 30)}
+    with pytest.raises(ValueError, match=r"representation 'sane' has non-finite features \(NaN/Inf\) for checkpoints \[5\]"):
+        predict_properties({"sane": X}, props, split, targets=("test_acc",), categorical=())
+
+
+def test_constant_target_and_tiny_splits():
+    "A constant target gets null rows and a warning naming it; a split too small to probe is one clear error"
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    props = {"epoch": np.full(40, 60), "test_acc": X[:, 0] + 0.01*rng.normal(size=40)}
+    split = {"train": np.arange(28), "val": np.arange(28, 34), "test": np.arange(34, 40)}
+    with pytest.warns(UserWarning, match="target 'epoch' is constant"):
+        t = predict_properties({"sane": X}, props, split, targets=("test_acc", "epoch"), categorical=(), families=("linear",))
+    ep = [r for r in t if r["target"] == "epoch"]
+    assert len(ep) == 1 and ep[0]["r2"] is None and ep[0]["tau"] is None
+    assert t.nested()["linear"]["r2"]["sane"]["test_acc"] > 0.9
+    with pytest.raises(ValueError, match=r"split too small to probe: \{'val': 0\}"):
+        predict_properties({"sane": X}, props, {**split, "val": np.arange(0)}, targets=("test_acc",), categorical=())

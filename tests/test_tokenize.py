@@ -68,3 +68,36 @@ def test_bad_input_messages():
     with pytest.raises(ValueError, match="tokensize"): tokenize(sd, -1)
     with pytest.raises(KeyError, match="module_list"): LayerStats.from_state_dicts([sd]).standardize_tokens(
         *tokenize(_sd("cnn_large"), 16), token_layout(_sd("cnn_large"), 16))
+
+
+# ---------------------------------------------------------------- non-finite weights
+def _nan_sd():
+    from sane_nb.nets import make_net
+    sd = make_net("cnn_digits").state_dict()
+    sd["module_list.3.weight"][0, 0, 0, 0] = float("nan"); sd["module_list.9.bias"][1] = float("inf")
+    return sd
+
+def test_non_finite_weights_are_refused_by_name():
+    import pytest
+    from sane_nb.tokenize import tokenize, LayerStats
+    from sane_nb.align import permutation_spec, weight_matching
+    sd = _nan_sd()
+    with pytest.raises(ValueError, match=r"'module_list.3.weight' \(1 NaN, 0 Inf\)"): tokenize(sd, 16)
+    with pytest.raises(ValueError, match="state dict 1: non-finite weights in 'module_list.3.weight'"):
+        LayerStats.from_state_dicts([{k: v.nan_to_num() for k, v in sd.items()}, sd])
+    good = {k: v.nan_to_num(posinf=0.) for k, v in sd.items()}
+    with pytest.raises(ValueError, match="the model to align: non-finite"): weight_matching(permutation_spec(good), good, sd)
+
+def test_tokenize_zoo_names_the_bad_checkpoint(tmp_path):
+    "One NaN checkpoint must stop tokenize_zoo with its index, before it poisons every model's statistics"
+    import pytest
+    from sane_nb.zoo import fixture_zoo
+    from sane_nb.dataset import tokenize_zoo
+    zoo = fixture_zoo()
+    class Poisoned:
+        def __len__(self): return len(zoo)
+        def __getitem__(self, i):
+            sd, p = zoo[i]
+            return (_nan_sd() if i == 7 else sd), p
+    with pytest.raises(ValueError, match="checkpoint 7: non-finite"): tokenize_zoo(Poisoned(), tmp_path/"t", progress=False)
+    assert not (tmp_path/"t"/"tokens.npy").exists()
