@@ -504,5 +504,6 @@ d = { 'settings': { 'branch': 'main',
                              'sane_nb.zoo.model_configs': ('zoo.html#model_configs', 'sane_nb/zoo.py'),
                              'sane_nb.zoo.plan_chunks': ('zoo.html#plan_chunks', 'sane_nb/zoo.py'),
                              'sane_nb.zoo.read_results': ('zoo.html#read_results', 'sane_nb/zoo.py'),
+                             'sane_nb.zoo.state_dict_of': ('zoo.html#state_dict_of', 'sane_nb/zoo.py'),
                              'sane_nb.zoo.write_modelzoo': ('zoo.html#write_modelzoo', 'sane_nb/zoo.py'),
                              'sane_nb.zoo.zoo_images': ('zoo.html#zoo_images', 'sane_nb/zoo.py')}}}

@@ -20,7 +20,7 @@ from .population import METRICS, train_population
 # %% auto #0
 __all__ = ['DEFAULT_GRID', 'SEED_POINT', 'ZOO_FORMAT', 'DEFAULT_ARCH', 'PUBLISHED_KEYS', 'PUBLISHED_TYPES', 'FIXTURE',
            'model_configs', 'plan_chunks', 'zoo_images', 'make_zoo', 'Zoo', 'checkpoint_problem', 'arch_from_params',
-           'read_results', 'load_zoo', 'write_modelzoo', 'fixture_zoo']
+           'read_results', 'state_dict_of', 'load_zoo', 'write_modelzoo', 'fixture_zoo']
 
 # %% ../nbs/02_zoo.ipynb #c9801287
 DEFAULT_GRID = dict(act=["tanh", "relu", "sigmoid", "gelu"],
@@ -356,10 +356,32 @@ def _checkpoint_dirs(trial:Path)->dict[int, Path]:
         if m and d.is_dir(): out.setdefault(int(m.group(1)), d/"checkpoints")
     return out
 
+# %% ../nbs/02_zoo.ipynb #8f8194ee
+_WRAPPERS, _PREFIXES = ("state_dict", "model_state_dict", "model", "net"), ("module.", "_orig_mod.")
+
+def state_dict_of(
+    obj,                   # what `load_torch` returned for one checkpoint file
+    file:str|Path="checkpoint", # the file, for messages
+)->tuple[dict, list]:      # (the state dict, what was normalised: list of strings)
+    "The state dict in a checkpoint: wrappers unwrapped, a DataParallel/DDP/compile prefix on every key stripped"
+    notes = []
+    if isinstance(obj, dict) and not all(isinstance(v, Tensor) for v in obj.values()):
+        for k in _WRAPPERS:
+            if isinstance(obj.get(k), dict): obj = obj[k]; notes.append(f"unwrapped {{{k!r}: ...}}"); break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{file}: not a state dict (a dict of tensors, or one under {', '.join(map(repr, _WRAPPERS))})")
+    while True:
+        p = next((p for p in _PREFIXES if any(k.startswith(p) for k in obj)), None)
+        if p is None: return obj, notes
+        bare = [k for k in obj if not k.startswith(p)]
+        if bare: raise ValueError(f"{file}: some keys carry the prefix {p!r} and some do not (e.g. {bare[0]!r}): "
+                                  f"cannot tell which network they belong to")
+        obj = {k[len(p):]: v for k, v in obj.items()}; notes.append(f"stripped the key prefix {p!r}")
+
 # %% ../nbs/02_zoo.ipynb #9417c4d3
 def _load_modelzoos(path, epochs, weight_threshold, strict):
     trials = sorted(d for d in path.iterdir() if d.is_dir() and (d/"params.json").exists())
-    rows, dropped, models, ref, arch = [], [], [], None, None
+    rows, dropped, models, ref, arch, notes, expected = [], [], [], None, None, {}, {}
     for trial in trials:
         try:
             params, results = load_json(trial/"params.json"), read_results(trial/"result.json")
@@ -377,10 +399,13 @@ def _load_modelzoos(path, epochs, weight_threshold, strict):
                 dropped.append(f"{trial.name} epoch {ep}: incomplete ({'no checkpoint' if f is None or not f.exists() else 'no result line'})")
                 continue
             try:
-                sd = load_torch(f)
-                if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
-                    raise ValueError(f"{f}: not a state dict (a dict of tensors)")
-                sig = _signature(sd)
+                sd, how = state_dict_of(load_torch(f), f)
+                for h in how: notes.setdefault(h, f)
+                sig, key = _signature(sd), json.dumps(a, sort_keys=True)
+                if key not in expected: expected[key] = _signature(make_net(a["arch"], **a["kwargs"]).state_dict())
+                if (diff := _sig_diff(sig, expected[key])):
+                    raise ValueError(f"{f}: the checkpoint does not fit the architecture {a['arch']} declared in "
+                                     f"{trial/'params.json'}: {diff}")
                 if ref is None: ref, arch, ref_file = sig, a, f
                 diff = _sig_diff(sig, ref)
                 if diff: raise ValueError(f"{f}: architecture differs from the rest of the zoo ({ref_file}): {diff}")
@@ -392,9 +417,10 @@ def _load_modelzoos(path, epochs, weight_threshold, strict):
             rows.append(_props_row(len(models), trial.name, ep, res[ep], cfg)); kept += 1; files[ep] = f
         if kept: models.append((trial.name, files))
     _warn_dropped(path, dropped)
+    for h, f in notes.items(): warnings.warn(f"load_zoo({path}): {h} of the checkpoints (e.g. {f})", stacklevel=3)
     if not models: raise ValueError(f"{path}: no usable checkpoints in {len(trials)} trial folders")
-    return Zoo(path, arch, [m[0] for m in models], _props_table(rows), lambda m, ep: load_torch(models[m][1][ep]),
-               "modelzoos")
+    load = lambda m, ep: state_dict_of(load_torch(models[m][1][ep]), models[m][1][ep])[0]
+    return Zoo(path, arch, [m[0] for m in models], _props_table(rows), load, "modelzoos")
 
 # %% ../nbs/02_zoo.ipynb #7e639138
 def load_zoo(

@@ -322,3 +322,45 @@ def test_workers_stop_when_the_parent_is_killed(tmp_path):
     for p in survivors: os.kill(p, signal.SIGKILL)
     assert not survivors, "workers kept running after their parent was killed"
     assert not list((dest/"models").glob("*.json")) if (dest/"models").exists() else True
+
+
+# ---------------------------------------------------------------- checkpoints as people save them
+def _trials(root, make_sd, params_arch="CNN", n=2):
+    import json
+    from sane_nb.nets import make_net
+    for m in range(n):
+        t = Path(root)/f"trial_{m}"; t.mkdir(parents=True)
+        (t/"params.json").write_text(json.dumps({"model::type": params_arch, "model::channels_in": 1, "model::o_dim": 10}))
+        lines = []
+        for e in range(2):
+            (t/f"checkpoint_{e:06d}").mkdir()
+            torch.manual_seed(10*m + e)
+            torch.save(make_sd(make_net("cnn_small").state_dict()), t/f"checkpoint_{e:06d}"/"checkpoints")
+            lines.append(json.dumps({"train_acc": .5, "test_acc": .4 + .1*e, "training_iteration": e}))
+        (t/"result.json").write_text("\n".join(lines) + "\n")
+    return Path(root)
+
+
+@pytest.mark.parametrize("wrap", ["module", "compile", "ddp_wrapped", "model_key"])
+def test_prefixed_and_wrapped_checkpoints_load(tmp_path, wrap):
+    import warnings
+    from sane_nb.zoo import load_zoo
+    f = {"module": lambda sd: {"module." + k: v for k, v in sd.items()},
+         "compile": lambda sd: {"_orig_mod." + k: v for k, v in sd.items()},
+         "ddp_wrapped": lambda sd: {"epoch": 1, "state_dict": {"module." + k: v for k, v in sd.items()}, "optimizer": {"lr": 1}},
+         "model_key": lambda sd: {"model": sd, "step": 3}}[wrap]
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        zoo = load_zoo(_trials(tmp_path/"z", f))
+    assert len(zoo) == 4 and any("checkpoints" in str(x.message) for x in w)
+    sd, _ = zoo[1]
+    net = zoo.make_model(1)
+    assert all(torch.equal(net.state_dict()[k], sd[k]) for k in sd)
+
+
+def test_mixed_prefix_and_wrong_architecture_are_refused(tmp_path):
+    from sane_nb.zoo import load_zoo
+    half = lambda sd: {("module." + k if i % 2 else k): v for i, (k, v) in enumerate(sd.items())}
+    with pytest.raises(ValueError, match=r"checkpoints: some keys carry the prefix 'module.'"): load_zoo(_trials(tmp_path/"a", half))
+    with pytest.raises(ValueError, match=r"does not fit the architecture cnn_large declared in .*params.json"):
+        load_zoo(_trials(tmp_path/"b", lambda sd: sd, params_arch="CNN3"))
