@@ -276,6 +276,27 @@ def _warn_dropped(path, dropped):
     if dropped: warnings.warn(f"load_zoo({path}): dropped {len(dropped)}: " + "; ".join(dropped[:20])
                               + (f"; ... ({len(dropped) - 20} more)" if len(dropped) > 20 else ""), stacklevel=3)
 
+def _finite(v): return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+def _check_model_info(info, jf):
+    "A native model's JSON: the keys and types load_zoo relies on, else a ValueError naming the file and the key"
+    if not isinstance(info, dict): raise ValueError(f"{jf}: not a JSON object")
+    for k, typ in (("epochs", list), ("config", dict)):
+        if k not in info: raise ValueError(f"{jf}: missing key {k!r}")
+        if not isinstance(info[k], typ): raise ValueError(f"{jf}: {k!r} must be a {typ.__name__}, got {type(info[k]).__name__}")
+    for k in METRICS:
+        v = info.get(k)
+        if not isinstance(v, list) or len(v) != len(info["epochs"]):
+            raise ValueError(f"{jf}: {k!r} must be a list with one value per epoch ({len(info['epochs'])})")
+
+def _bad_metrics(met:dict, where:str, strict:bool)->str|None:
+    "Why a checkpoint's metrics cannot be used (None if they can): raised under `strict`, else returned to drop it"
+    bad = [k for k in METRICS if k in met and not _finite(met[k])] + (["test_acc"] if "test_acc" not in met else [])
+    if not bad: return None
+    msg = f"{where}: {', '.join(f'{k}={met.get(k)!r}' for k in bad)}"
+    if strict: raise ValueError(f"{msg}: not a finite number (pass strict=False to drop such checkpoints)")
+    return msg
+
 def _load_native(path, epochs, weight_threshold, strict):
     meta = load_json(path/"zoo.json")
     if meta.get("format") != ZOO_FORMAT: raise ValueError(f"{path/'zoo.json'}: unknown format {meta.get('format')!r}")
@@ -285,7 +306,9 @@ def _load_native(path, epochs, weight_threshold, strict):
         jf, tf = _model_file(path, i, "json"), _model_file(path, i, "safetensors")
         if not jf.exists(): dropped.append(f"{jf.name}: model {i} unfinished (run make_zoo again)"); continue
         try:
-            info, sd = load_json(jf), load_tensors(tf)
+            info = load_json(jf)
+            _check_model_info(info, jf)
+            sd = load_tensors(tf)
             if set(info["epochs"]) and set(v.shape[0] for v in sd.values()) != {len(info["epochs"])}:
                 raise ValueError(f"{tf}: tensors do not hold {len(info['epochs'])} epochs")
             diff = _sig_diff({k: tuple(v.shape[1:]) for k, v in sd.items()}, ref)
@@ -298,7 +321,9 @@ def _load_native(path, epochs, weight_threshold, strict):
             if epochs is not None and ep not in epochs: continue
             why = checkpoint_problem({k: v[j] for k, v in sd.items()}, weight_threshold)
             if why: dropped.append(f"{name} epoch {ep}: {why}"); continue
-            rows.append(_props_row(len(models), name, ep, {k: info[k][j] for k in METRICS}, info["config"])); kept += 1
+            met = {k: info[k][j] for k in METRICS}
+            if why := _bad_metrics(met, f"{jf} epoch {ep}", strict): dropped.append(why); continue
+            rows.append(_props_row(len(models), name, ep, met, info["config"])); kept += 1
         if epochs is not None:
             dropped += [f"{name} epoch {e}: not in the zoo" for e in epochs if e not in info["epochs"]]
         if kept: models.append((name, tf, info["epochs"]))
@@ -327,6 +352,12 @@ def arch_from_params(
         raise ValueError(f"unknown model::type {t!r}; known: {sorted(PUBLISHED_TYPES)}")
     kw = {"in_ch": params.get("model::channels_in"), "n_classes": params.get("model::o_dim")}
     return {"arch": name, "kwargs": {k: int(v) for k, v in kw.items() if v is not None}}
+
+def _fill_io(arch, sd):
+    "Input channels and classes that params.json leaves out, read off the first and the last weight"
+    kw, w = dict(arch["kwargs"]), [v for k, v in sd.items() if k.endswith("weight") and v.ndim >= 2]
+    if w: kw.setdefault("in_ch", int(w[0].shape[1])); kw.setdefault("n_classes", int(w[-1].shape[0]))
+    return {**arch, "kwargs": kw}
 
 def _config_from_params(params):
     cfg = {ours: params[theirs] for theirs, ours in PUBLISHED_KEYS.items() if theirs in params}
@@ -390,6 +421,10 @@ def _load_modelzoos(path, epochs, weight_threshold, strict):
             if strict: raise
             dropped.append(str(e)); continue
         cfg, ckpts = _config_from_params(params), _checkpoint_dirs(trial)
+        if ckpts and not results:
+            e = ValueError(f"{trial/'result.json'}: no result lines for the {len(ckpts)} checkpoints of trial {trial.name}")
+            if strict: raise e
+            dropped.append(str(e)); continue
         by_iter = {r["training_iteration"]: r for r in results if "training_iteration" in r}
         res = by_iter if by_iter else dict(enumerate(results))
         kept, files = 0, {}
@@ -401,6 +436,7 @@ def _load_modelzoos(path, epochs, weight_threshold, strict):
             try:
                 sd, how = state_dict_of(load_torch(f), f)
                 for h in how: notes.setdefault(h, f)
+                a = _fill_io(a, sd)
                 sig, key = _signature(sd), json.dumps(a, sort_keys=True)
                 if key not in expected: expected[key] = _signature(make_net(a["arch"], **a["kwargs"]).state_dict())
                 if (diff := _sig_diff(sig, expected[key])):
@@ -414,6 +450,8 @@ def _load_modelzoos(path, epochs, weight_threshold, strict):
                 dropped.append(str(e)); continue
             why = checkpoint_problem(sd, weight_threshold)
             if why: dropped.append(f"{trial.name} epoch {ep}: {why}"); continue
+            if why := _bad_metrics(res[ep], f"{trial/'result.json'} (trial {trial.name}) epoch {ep}", strict):
+                dropped.append(why); continue
             rows.append(_props_row(len(models), trial.name, ep, res[ep], cfg)); kept += 1; files[ep] = f
         if kept: models.append((trial.name, files))
     _warn_dropped(path, dropped)

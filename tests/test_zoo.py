@@ -144,7 +144,7 @@ def make_published_zoo(root, n=7, epochs=3, arch="cnn_large", typ="CNN3", offset
         (trial/"params.json").write_text(json.dumps(params))
         lines = []
         for e in range(epochs + 1):
-            net = make_net(arch, init="kaiming_uniform", seed=100 * m + e)
+            net = make_net(arch, in_ch=3, n_classes=10, init="kaiming_uniform", seed=100 * m + e)   # as params.json declares
             (trial/f"checkpoint_{e:06d}").mkdir()
             torch.save(net.state_dict(), trial/f"checkpoint_{e:06d}"/"checkpoints")
             torch.save({"state": {}}, trial/f"checkpoint_{e:06d}"/"optimizer")
@@ -242,7 +242,7 @@ def test_damaged_files_raise_naming_the_file(tmp_path):
     with pytest.raises(ValueError, match=str(ck)): load_zoo(root)
     assert not (tmp_path/"pwned").exists()
     torch.save(make_net("cnn_small").state_dict(), ck)
-    with pytest.raises(ValueError, match=f"{ck}.*architecture differs"): load_zoo(root)
+    with pytest.raises(ValueError, match=f"{ck}.*does not fit the architecture"): load_zoo(root)
     res = t[2]/"result.json"
     lines = res.read_text().splitlines(); lines[0] = lines[0][:20]
     res.write_text("\n".join(lines) + "\n")
@@ -364,3 +364,28 @@ def test_mixed_prefix_and_wrong_architecture_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"checkpoints: some keys carry the prefix 'module.'"): load_zoo(_trials(tmp_path/"a", half))
     with pytest.raises(ValueError, match=r"does not fit the architecture cnn_large declared in .*params.json"):
         load_zoo(_trials(tmp_path/"b", lambda sd: sd, params_arch="CNN3"))
+
+
+def test_damaged_metadata_named_or_dropped(tmp_path):
+    "Missing keys, empty result files and NaN accuracies: strict names the file, strict=False drops it with a warning"
+    import json, shutil, warnings
+    from sane_nb.zoo import load_zoo, write_modelzoo, fixture_zoo
+    z = fixture_zoo()
+    nat = tmp_path/"nat"; shutil.copytree(z.path, nat)
+    f = nat/"models"/"00003.json"; j = json.loads(f.read_text()); del j["config"]; f.write_text(json.dumps(j))
+    with pytest.raises(ValueError, match=r"00003.json: missing key 'config'"): load_zoo(nat)
+    with pytest.warns(UserWarning, match="00003.json"): assert len(load_zoo(nat, strict=False)) == len(z) - 5
+    mz = write_modelzoo(z, tmp_path/"mz")
+    t1, t2 = sorted(mz.iterdir())[1:3]
+    (t1/"result.json").write_text("")
+    with pytest.raises(ValueError, match=r"result.json: no result lines for the 5 checkpoints"): load_zoo(mz)
+    rows = [json.loads(l) for l in (t2/"result.json").read_text().splitlines()]
+    rows[2]["test_acc"] = float("nan")
+    (t2/"result.json").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (t1/"result.json").unlink(); shutil.rmtree(t1)
+    with pytest.raises(ValueError, match=rf"\(trial {t2.name}\) epoch 2: test_acc=nan"): load_zoo(mz)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        zz = load_zoo(mz, strict=False)
+    assert len(zz) == len(z) - 6 and any(t2.name in str(x.message) for x in w)
+    assert np.isfinite(zz.props["test_acc"].astype(float)).all()
