@@ -60,6 +60,9 @@ def _run(fn, config, given, defaults):
     except (ValueError, FileNotFoundError, KeyError, ConnectionError) as e:
         msg = str(e).strip("'")   # (a KeyError's message comes quoted)
         raise SystemExit(msg if msg.startswith(fn.__name__) else f"{fn.__name__}: {msg}") from None
+    except OSError as e:          # a full disk, a read-only folder, a permission: say which and where, no traceback
+        where = f" ({Path(e.filename).parent})" if e.filename else ""
+        raise SystemExit(f"{fn.__name__}: {e.strerror or e}{where}; what was finished is kept, run the command again to resume") from None
 
 @call_parse
 def sane_zoo(

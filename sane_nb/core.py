@@ -120,8 +120,14 @@ def save_tensors(
     path:str|Path,                   # target `.safetensors` file
     metadata:dict[str, str]|None=None, # optional string metadata stored in the header
 ):
-    "Save a dict of tensors as safetensors, atomically"
-    data = _st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    "Save a dict of tensors as safetensors, atomically; tensors that share memory (tied weights) are stored as copies"
+    out, seen = {}, set()
+    for k, v in tensors.items():
+        v = v.detach().contiguous().cpu()
+        key = (v.untyped_storage().data_ptr(), v.storage_offset()) if v.numel() else None
+        out[k] = v.clone() if key in seen else v   # safetensors refuses shared memory: each copy is stored once
+        if key is not None: seen.add(key)
+    data = _st_save(out, metadata=metadata)
     with atomic_write(path) as f: f.write(data)
 
 def load_tensors(path:str|Path, device:str="cpu")->dict[str, torch.Tensor]:
