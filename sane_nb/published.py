@@ -4,13 +4,13 @@
 
 # %% ../nbs/11_published.ipynb #772277a7
 from __future__ import annotations
-import hashlib, http.client, pickle, shutil, tarfile, urllib.error, urllib.request, zipfile
+import hashlib, http.client, pickle, shutil, tarfile, urllib.error, urllib.request, warnings, zipfile
 from pathlib import Path
 
 import numpy as np
 from fastprogress.fastprogress import progress_bar
 
-from .core import data_path
+from .core import data_path, load_json, save_json
 
 # %% auto #0
 __all__ = ['ZOOS', 'file_digest', 'download', 'unpack', 'download_zoo', 'read_cifar']
@@ -37,12 +37,15 @@ def file_digest(path:str|Path, algo:str="md5", chunk:int=1<<20)->str:
     return h.hexdigest()
 
 # %% ../nbs/11_published.ipynb #197c21c7
-def _check_digest(path, md5, sha256, url):
+def _check_digest(path, md5, sha256, url, fresh=True):
     for algo, want in (("md5", md5), ("sha256", sha256)):
         if want and (got := file_digest(path, algo)) != want.lower():
-            path.unlink()
-            raise ValueError(f"{url}: {algo} checksum mismatch (expected {want}, got {got}); "
-                             f"the corrupt download was deleted, run again to fetch it anew")
+            if fresh:
+                path.unlink()
+                raise ValueError(f"{url}: {algo} checksum mismatch (expected {want}, got {got}); "
+                                 f"the corrupt download was deleted, run again to fetch it anew")
+            raise ValueError(f"{path}: {algo} checksum mismatch (expected {want}, got {got}): the file already on disk "
+                             f"is not the expected one; delete it to download it again, or check the checksum")
 
 def download(
     url:str,              # http(s) URL of the file
@@ -55,7 +58,9 @@ def download(
 )->Path:
     "Download `url` to `dest`, resuming a broken earlier attempt from `dest.part`; checked, then renamed atomically"
     dest = Path(dest)
-    if dest.exists(): return dest
+    if dest.exists():                                # verified before it is reused
+        _check_digest(dest, md5, sha256, url, fresh=False)
+        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
@@ -131,7 +136,14 @@ def download_zoo(
     info = ZOOS[name]
     dest = Path(dest) if dest else data_path()/"zoos"
     url = url or info["url"]
-    archive = download(url, dest/Path(url).name, md5=md5 or info["md5"], progress=progress)
+    sums, fname = load_json(dest/"checksums.json") if (dest/"checksums.json").exists() else {}, Path(url).name
+    want = md5 or info["md5"] or sums.get(fname)
+    archive = download(url, dest/fname, md5=want, progress=progress)
+    if want is None:   # nothing pinned: trust on first use, and verify every later use against this record
+        sums[fname] = file_digest(archive)
+        save_json(sums, dest/"checksums.json")
+        warnings.warn(f"download_zoo: no published checksum is pinned for {name!r}; recorded the md5 of this download "
+                      f"({sums[fname]}) in {dest/'checksums.json'}, and later calls verify the archive against it", stacklevel=2)
     out = unpack(archive, dest/f"{name}_unpacked")
     if not keep_archive: archive.unlink()
     inner = out/info["folder"]

@@ -389,3 +389,25 @@ def test_damaged_metadata_named_or_dropped(tmp_path):
         zz = load_zoo(mz, strict=False)
     assert len(zz) == len(z) - 6 and any(t2.name in str(x.message) for x in w)
     assert np.isfinite(zz.props["test_acc"].astype(float)).all()
+
+
+def test_download_zoo_verifies_archives_on_disk(tmp_path):
+    "No pinned checksum: the first download's md5 is recorded (and said); later calls verify the archive against it"
+    import warnings, zipfile
+    from sane_nb.published import download_zoo, file_digest
+    src = write_modelzoo(fixture_zoo(), tmp_path/"src")
+    arc = tmp_path/"cifar10_cnn_sample_ep21-25.zip"
+    with zipfile.ZipFile(arc, "w") as zf:
+        for p in sorted(src.rglob("*")):
+            if p.is_file(): zf.write(p, "cifar10_cnn_sample_ep21-25/" + str(p.relative_to(src)))
+    url, dest = arc.resolve().as_uri(), tmp_path/"dl"
+    with pytest.raises(ValueError, match="checksum mismatch"): download_zoo("cifar10_cnn_sample", dest, md5="0"*32, progress=False, url=url)
+    assert not list(dest.glob("*.zip")) and not list(dest.glob("*_unpacked"))
+    with pytest.warns(UserWarning, match="no published checksum is pinned"):
+        out = download_zoo("cifar10_cnn_sample", dest, progress=False, url=url)
+    assert len(load_zoo(out)) == len(fixture_zoo())
+    assert json.loads((dest/"checksums.json").read_text()) == {arc.name: file_digest(arc)}
+    with pytest.raises(ValueError, match="already on disk is not the expected one"):
+        download_zoo("cifar10_cnn_sample", dest, md5="0"*32, progress=False, url=url)
+    with open(dest/arc.name, "ab") as f: f.write(b"tampered")
+    with pytest.raises(ValueError, match="checksum mismatch"): download_zoo("cifar10_cnn_sample", dest, progress=False, url=url)
