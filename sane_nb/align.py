@@ -88,9 +88,11 @@ def _is_resnet(sd):
 def permutation_spec(
     model_or_sd:nn.Module|dict, # a network, or its state dict
 )->PermutationSpec:
-    "Derive the permutation spec of a sequential CNN/MLP or a torchvision-style ResNet from its state dict"
+    "Derive the permutation spec of a sequential CNN/MLP or a torchvision-style ResNet; a module's is checked by a forward pass"
     sd = model_or_sd.state_dict() if isinstance(model_or_sd, nn.Module) else model_or_sd
-    return _resnet_spec(sd) if _is_resnet(sd) else _sequential_spec(sd)
+    spec = _resnet_spec(sd) if _is_resnet(sd) else _sequential_spec(sd)
+    if isinstance(model_or_sd, nn.Module): _forward_check(model_or_sd, spec)
+    return spec
 
 # %% ../nbs/04_align.ipynb #4115d2d1
 def _permute_axis(w, axis, idx):
@@ -128,6 +130,39 @@ def random_permutation(
     perm = {p: torch.randperm(n, generator=generator) for p, n in spec.sizes(sd).items()}
     out = apply_permutation(spec, perm, sd)
     return (out, perm) if return_perm else out
+
+# %% ../nbs/04_align.ipynb #22255040
+def _probe_input(model:nn.Module)->Tensor|None:
+    "A small random batch that `model` accepts, from the shape of its first layer (None if none is found)"
+    first = next((m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))), None)
+    g = torch.Generator().manual_seed(0)
+    if isinstance(first, nn.Linear): return torch.randn(4, first.in_features, generator=g)
+    if first is None: return None
+    for s in (8, 16, 28, 32, 64):
+        x = torch.randn(4, first.in_channels, *([s]*(first.weight.ndim - 2)), generator=g)
+        try:
+            with torch.no_grad(): model(x)
+            return x
+        except RuntimeError: continue
+    return None
+
+def _forward_check(model:nn.Module, spec:PermutationSpec, rtol:float=1e-4):
+    "Raise a ValueError unless a random permutation under `spec` leaves `model`'s outputs unchanged"
+    import copy
+    name, x = type(model).__name__, _probe_input(model)
+    if x is None: raise ValueError(f"permutation_spec: found no input shape for a forward check of {name}; pass its "
+                                   f"state dict to derive a spec unchecked, or write its PermutationSpec by hand")
+    other, was = copy.deepcopy(model), model.training
+    other.load_state_dict(random_permutation(model.state_dict(), spec, generator=torch.Generator().manual_seed(0)))
+    try:
+        model.eval(); other.eval()
+        with torch.no_grad(): y, y2 = model(x), other(x)
+    finally: model.train(was)
+    d, scale = (y - y2).abs().max().item(), y.abs().max().item()
+    if not d <= rtol*max(scale, 1.):
+        raise ValueError(f"permutation_spec: the spec derived for {name} is not function-preserving (a permuted copy's "
+                         f"outputs differ by up to {d:.3g}, outputs ~{scale:.3g}): its layers are not a plain chain "
+                         f"(identity shortcuts, shared or reused layers?); write its PermutationSpec by hand")
 
 # %% ../nbs/04_align.ipynb #2b2e43e4
 def _front(w, axis, n):

@@ -77,3 +77,20 @@ def test_bad_input():
     with pytest.raises(KeyError, match="extra"): apply_permutation(spec, ident, {**ref, "extra": torch.zeros(1)})
     with pytest.raises(KeyError, match="P_module_list.0"): apply_permutation(spec, {}, ref)
     with pytest.raises(ValueError, match="align_epochs"): align_epochs(spec, ref, [])
+
+
+def test_module_specs_are_checked_by_a_forward_pass():
+    "A residual MLP has a chain's keys; its module is refused rather than given a spec that breaks the shortcut"
+    from torch import nn
+    class ResMLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.blocks, self.out = nn.Linear(10, 16), nn.ModuleList(
+                [nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16)) for _ in range(2)]), nn.Linear(16, 3)
+        def forward(self, x):
+            h = self.inp(x)
+            for b in self.blocks: h = h + b(h)
+            return self.out(torch.relu(h))
+    with pytest.raises(ValueError, match="ResMLP is not function-preserving"): permutation_spec(ResMLP())
+    for arch in ("cnn_small", "cnn_digits", "cnn_large"):
+        permutation_spec(make_net(arch))   # the zoo architectures pass their own check
