@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_zoo.ipynb #37649ee5
 from __future__ import annotations
-import hashlib, itertools, json, math, multiprocessing as mp, os, queue, random, re, time, warnings
+import hashlib, itertools, json, math, multiprocessing as mp, os, queue, random, re, sys, time, warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -117,8 +117,14 @@ def _run_chunks(dest, chunks, settings, n_workers, progress):
         for c in chunks: _train_chunk(dest, c, settings, tick=tick)
         for _ in it: pass
         return
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main is not None and not Path(main).exists():   # e.g. `python -` reading standard input: spawn cannot re-import it
+        warnings.warn(f"make_zoo: the main program ({main}) is not a file that worker processes can import; "
+                      f"training in this process instead (n_workers=1)", stacklevel=3)
+        return _run_chunks(dest, chunks, settings, 1, progress)
     from sane_nb import zoo as lib  # workers find their function by module and name: use the library's copy
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     with ProcessPoolExecutor(min(n_workers, len(chunks)), mp_context=ctx, initializer=lib._worker_init,
@@ -132,8 +138,14 @@ def _run_chunks(dest, chunks, settings, n_workers, progress):
                     if all(f.done() for f in futs): return
                     continue
                 for _ in range(n): done += 1; yield done
-        for _ in _bar(ticks(), total, progress): pass
-        for f in futs: f.result()  # re-raises a worker's error (a dead worker: BrokenProcessPool)
+        try:
+            for _ in _bar(ticks(), total, progress): pass
+            for f in futs: f.result()  # re-raises a worker's error
+        except BrokenProcessPool:
+            raise RuntimeError("make_zoo: a worker process died before finishing (killed, out of memory, or it could not "
+                               "start: a script that calls make_zoo with n_workers > 1 must keep its code under "
+                               "`if __name__ == \"__main__\":`, since worker processes re-import it); finished models are "
+                               "kept: run again to resume, or pass n_workers=1") from None
 
 # %% ../nbs/02_zoo.ipynb #37aa58d1
 def make_zoo(

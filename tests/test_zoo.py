@@ -411,3 +411,15 @@ def test_download_zoo_verifies_archives_on_disk(tmp_path):
         download_zoo("cifar10_cnn_sample", dest, md5="0"*32, progress=False, url=url)
     with open(dest/arc.name, "ab") as f: f.write(b"tampered")
     with pytest.raises(ValueError, match="checksum mismatch"): download_zoo("cifar10_cnn_sample", dest, progress=False, url=url)
+
+
+def test_workers_from_stdin_or_an_unguarded_script(tmp_path):
+    "`python -` falls back to one process with a warning; a script without the __main__ guard gets a clear error"
+    code = f'from sane_nb.zoo import make_zoo\nz = make_zoo(r"{tmp_path}/z1", n_models=4, epochs=1, n_workers=2, progress=False)\nprint(len(z))\n'
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0 and r.stdout.split()[-1] == "8" and "training in this process instead" in r.stderr, r.stderr[-500:]
+    script = tmp_path/"noguard.py"
+    script.write_text(code.replace("z1", "z2"))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode != 0 and 'if __name__ == "__main__":' in r.stderr.splitlines()[-1], r.stderr[-500:]
