@@ -148,6 +148,17 @@ def _run_chunks(dest, chunks, settings, n_workers, progress):
                                "kept: run again to resume, or pass n_workers=1") from None
 
 # %% ../nbs/02_zoo.ipynb #37aa58d1
+def _claim(settings:dict, path:Path):
+    "Write `path` only if no other process has: a hard link is atomic, so of two runs started together one claims it"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.claim")
+    save_json(settings, tmp)
+    try: os.link(tmp, path)
+    except FileExistsError:
+        if load_json(path) != settings:
+            raise ValueError(f"{path}: another process started a zoo with other settings in this folder at the same "
+                             f"time; choose another folder") from None
+    finally: tmp.unlink(missing_ok=True)
+
 def make_zoo(
     dest:str|Path,               # the zoo folder (created; resumed if it holds an unfinished zoo of the same settings)
     dataset:str="digits",        # see `sane_nb.data.load_dataset`
@@ -190,7 +201,7 @@ def make_zoo(
     else:
         other = sorted(p.name for p in dest.iterdir() if not p.name.startswith(".")) if dest.is_dir() else []
         if other: raise ValueError(f"{dest}: not empty ({', '.join(other[:3])}, ...) and not a zoo made by make_zoo")
-        save_json(settings, dest/"zoo.json")
+        _claim(settings, dest/"zoo.json")
     todo = [c for c in plan_chunks(settings["models"], chunk_size)
             if not all(_model_file(dest, i, "json").exists() for i in c)]
     if todo: _run_chunks(dest, todo, settings, n_workers, progress)

@@ -423,3 +423,19 @@ def test_workers_from_stdin_or_an_unguarded_script(tmp_path):
     script.write_text(code.replace("z1", "z2"))
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode != 0 and 'if __name__ == "__main__":' in r.stderr.splitlines()[-1], r.stderr[-500:]
+
+
+def test_two_zoos_in_one_folder_never_both_succeed(tmp_path):
+    "Two make_zoo runs with different settings started together on one folder: exactly one succeeds"
+    from sane_nb.zoo import _claim
+    _claim({"n": 1}, tmp_path/"zoo.json")
+    _claim({"n": 1}, tmp_path/"zoo.json")                       # the same settings: a resume, allowed
+    with pytest.raises(ValueError, match="another process started a zoo with other settings"): _claim({"n": 2}, tmp_path/"zoo.json")
+    assert [p.name for p in tmp_path.iterdir()] == ["zoo.json"]
+    dest = tmp_path/"race"
+    code = f'import sys; from sane_nb.zoo import make_zoo; make_zoo(r"{dest}", n_models=int(sys.argv[1]), epochs=1, n_workers=1, progress=False)'
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ps = [subprocess.Popen([sys.executable, "-c", code, n], stderr=subprocess.PIPE, text=True, env=env) for n in ("4", "6")]
+    errs = [p.communicate(timeout=600)[1] for p in ps]
+    assert sorted(p.returncode for p in ps) == [0, 1], errs
+    assert len(load_zoo(dest)) in (4*2, 6*2)
