@@ -29,6 +29,7 @@ PUBLISHED = {"sane_mean_r2_test_acc": (0.685, 0.016), "sane_mean_tau_test_acc": 
 
 ZOO = dict(dataset="digits", kind="seed", n_models=200, epochs=25, batch_size=32, grid={"wd": 1e-4}, seed=0)
 SIZES = {"full": dict(zoo=ZOO, epochs=40),
+         "hyper": dict(zoo={**ZOO, "kind": "hyper", "grid": None}, epochs=40),  # the same SANE and budget on a hyper zoo
          "quick": dict(zoo={**ZOO, "n_models": 40, "epochs": 8}, epochs=6)}
 
 def parity_config(tz)->SaneConfig:
@@ -106,12 +107,14 @@ def run(
     seeds=(0, 1, 2),       # SANE and split seeds
     gamma:float=0.05,      # the published γ (converted with `padding_gamma`)
     n_workers:int=2,       # seeds trained side by side (one thread each)
+    size:str|None=None,    # a key of `SIZES`, overriding `quick` ("hyper": the digits hyperparameter zoo)
 )->dict:
     "The published configuration on a digits seed zoo: SANE vs s(W) vs the published numbers, 3 seeds"
-    name = "quick" if quick else "full"
+    name = size or ("quick" if quick else "full")
+    if name not in SIZES: raise ValueError(f"unknown size {name!r}; choose one of {sorted(SIZES)}")
     size, t0 = SIZES[name], time.time()
     folder = Path(folder or cache_path()/"bench_parity")
-    zoo_dir = folder/f"seed_{size['zoo']['n_models']}x{size['zoo']['epochs']}"
+    zoo_dir = folder/f"{size['zoo']['kind']}_{size['zoo']['n_models']}x{size['zoo']['epochs']}"
     make_zoo(zoo_dir, **size["zoo"], n_workers=2, progress=False)
     jobs = [(zoo_dir, s, size["epochs"], gamma, folder/"results"/f"{name}_g{gamma}_s{s}.json") for s in seeds]
     if n_workers > 1 and len(jobs) > 1:
