@@ -87,7 +87,7 @@ def sane_zoo(
 def sane_pretrain(
     zoo:str,                  # zoo folder (native or published Model Zoos layout)
     out:str,                  # run folder to create (or resume)
-    preset:str="small",       # SANE size: tiny, small, paper_cnn, paper_resnet18
+    preset:str="small",       # SANE size: tiny, small, digits, paper_cnn, paper_resnet18
     steps:int=1000,           # optimisation steps
     bs:int=16,                # batch size
     lr:float=1e-3,            # peak learning rate

@@ -31,6 +31,8 @@ __all__ = ['PRESETS', 'DEMO_SIZES', 'fit_config', 'pretrain_run', 'Run', 'load_r
 PRESETS = {"tiny": SaneConfig.tiny,
            "small": lambda: dataclasses.replace(SaneConfig.tiny(), tokensize=73, d_model=64, n_heads=4, n_layers=2, lat_dim=16,
                                                 windowsize=64),  # tokensize: the digits CNN's; `fit_config` fits it to the zoo
+           "digits": lambda: SaneConfig(tokensize=73, d_model=128, n_heads=4, n_layers=2, lat_dim=32, windowsize=64,
+                                        max_positions=[64, 8, 32]),  # the published configuration for small CNNs
            "paper_cnn": SaneConfig.paper_cnn, "paper_resnet18": SaneConfig.paper_resnet18}
 
 def fit_config(
@@ -201,8 +203,8 @@ def sample_run(
     return summary
 
 # %% ../nbs/10_pipeline.ipynb #32851915
-DEMO_SIZES = {False: dict(n_models=60, epochs=10, steps=1500, bs=16, n=5, populations=3, ft_epochs=5, k=20),
-              True: dict(n_models=12, epochs=3, steps=20, bs=8, n=2, populations=1, ft_epochs=1, k=4)}
+DEMO_SIZES = {False: dict(n_models=60, epochs=10, steps=1500, bs=16, n=5, populations=3, ft_epochs=5, k=20, preset="digits"),
+              True: dict(n_models=12, epochs=3, steps=20, bs=8, n=2, populations=1, ft_epochs=1, k=4, preset="tiny")}
 
 def demo(
     out:str|Path="sane_demo", # report folder
@@ -212,7 +214,7 @@ def demo(
     "Zoo -> pretraining -> property prediction -> sampling on digits, with a report in `out`"
     out, sz, t0 = Path(out), DEMO_SIZES[quick], time.time()
     zoo = make_zoo(out/"zoo", "digits", n_models=sz["n_models"], epochs=sz["epochs"], seed=0, kind="seed", progress=progress)
-    run_info = pretrain_run(out/"zoo", out/"run", preset="tiny" if quick else "small", steps=sz["steps"], bs=sz["bs"],
+    run_info = pretrain_run(out/"zoo", out/"run", preset=sz["preset"], steps=sz["steps"], bs=sz["bs"],
                             windowsize=None if quick else 0, progress=progress)
     run = load_run(out/"run")
     table = probe_run(run, out/"probe", families=("linear",) if quick else ("linear", "nonlinear"))
