@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #e6446c75
 from __future__ import annotations
-import json, math, os, random, tempfile
+import json, math, os, random, tempfile, time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,7 +14,8 @@ from safetensors.torch import load_file as _st_load_file, save as _st_save
 
 # %% auto #0
 __all__ = ['OPTION_KINDS', 'seed_everything', 'torch_threads', 'default_device', 'sane_home', 'data_path', 'cache_path',
-           'atomic_write', 'save_json', 'load_json', 'save_tensors', 'load_tensors', 'load_torch', 'check_options']
+           'atomic_write', 'clean_orphans', 'save_json', 'load_json', 'save_tensors', 'load_tensors', 'load_torch',
+           'check_options']
 
 # %% ../nbs/00_core.ipynb #8fc90bf2
 def seed_everything(
@@ -94,6 +95,20 @@ def _fsync_dir(folder):
     try: os.fsync(fd)
     except OSError: pass
     finally: os.close(fd)
+
+# %% ../nbs/00_core.ipynb #f3f8bf80
+def clean_orphans(
+    folder:str|Path,       # a folder that `atomic_write` writes into
+    min_age_s:float=60,    # only files not modified for this long (a write in progress is younger)
+)->list[Path]:             # the files removed
+    "Remove the temporary files that killed `atomic_write`s left in `folder` (not recursive)"
+    folder, now, out = Path(folder), time.time(), []
+    if not folder.is_dir(): return out
+    for p in folder.glob(".*.tmp"):
+        try:
+            if now - p.stat().st_mtime >= min_age_s: p.unlink(); out.append(p)
+        except FileNotFoundError: pass  # removed by someone else meanwhile
+    return out
 
 # %% ../nbs/00_core.ipynb #f8d5f623
 def save_json(obj, path:str|Path, indent:int=1):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn, Tensor
 from fastprogress.fastprogress import progress_bar
-from .core import cache_path, atomic_write, save_json, load_json, save_tensors, load_tensors, load_torch, torch_threads, check_options
+from .core import cache_path, atomic_write, save_json, load_json, save_tensors, load_tensors, load_torch, torch_threads, check_options, clean_orphans
 from .data import ImageData, load_dataset, train_subset
 from .nets import ACTIVATIONS, INITS, ZooCNN, make_net
 from .population import METRICS, train_population
@@ -202,6 +202,8 @@ def make_zoo(
         other = sorted(p.name for p in dest.iterdir() if not p.name.startswith(".")) if dest.is_dir() else []
         if other: raise ValueError(f"{dest}: not empty ({', '.join(other[:3])}, ...) and not a zoo made by make_zoo")
         _claim(settings, dest/"zoo.json")
+    if gone := clean_orphans(dest/"models"):
+        warnings.warn(f"make_zoo: removed {len(gone)} temporary file(s) a killed run left in {dest/'models'}", stacklevel=2)
     todo = [c for c in plan_chunks(settings["models"], chunk_size)
             if not all(_model_file(dest, i, "json").exists() for i in c)]
     if todo: _run_chunks(dest, todo, settings, n_workers, progress)

@@ -439,3 +439,13 @@ def test_two_zoos_in_one_folder_never_both_succeed(tmp_path):
     errs = [p.communicate(timeout=600)[1] for p in ps]
     assert sorted(p.returncode for p in ps) == [0, 1], errs
     assert len(load_zoo(dest)) in (4*2, 6*2)
+
+
+def test_orphan_temporary_files_are_cleaned_on_resume(tmp_path):
+    "A kill mid-write leaves a hidden .tmp file; the next make_zoo removes it (old ones only) and finishes the zoo"
+    kw = dict(n_models=2, epochs=1, n_workers=1, progress=False)
+    make_zoo(tmp_path/"z", **kw)
+    orphan = tmp_path/"z"/"models"/".00000.safetensors.x1.tmp"
+    orphan.write_bytes(b"half a file"); os.utime(orphan, (0, 0))
+    with pytest.warns(UserWarning, match="removed 1 temporary file"): assert len(make_zoo(tmp_path/"z", **kw)) == 4
+    assert not orphan.exists()
