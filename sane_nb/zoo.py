@@ -451,6 +451,11 @@ def _load_modelzoos(path, epochs, weight_threshold, strict):
             if strict: raise e
             dropped.append(str(e)); continue
         by_iter = {r["training_iteration"]: r for r in results if "training_iteration" in r}
+        if not by_iter and len(results) != len(ckpts):   # line e <-> epoch e only holds if the counts agree
+            e = ValueError(f"{trial/'result.json'}: {len(results)} result lines for {len(ckpts)} checkpoints and no "
+                           f"'training_iteration' to pair them: refusing to guess (they could be shifted by one)")
+            if strict: raise e
+            dropped.append(str(e)); continue
         res = by_iter if by_iter else dict(enumerate(results))
         kept, files = 0, {}
         for ep in (sorted(set(ckpts) | set(res)) if epochs is None else epochs):

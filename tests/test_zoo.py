@@ -449,3 +449,13 @@ def test_orphan_temporary_files_are_cleaned_on_resume(tmp_path):
     orphan.write_bytes(b"half a file"); os.utime(orphan, (0, 0))
     with pytest.warns(UserWarning, match="removed 1 temporary file"): assert len(make_zoo(tmp_path/"z", **kw)) == 4
     assert not orphan.exists()
+
+
+def test_result_lines_are_paired_or_refused(tmp_path):
+    "Without training_iteration, N result lines for N+1 checkpoints could be shifted by one: refused, never guessed"
+    root = make_published_zoo(tmp_path/"z", n=2, epochs=2, offset_key=False)
+    t = sorted(p for p in root.iterdir() if (p/"params.json").exists())[0]
+    lines = (t/"result.json").read_text().splitlines()
+    (t/"result.json").write_text("\n".join(lines[1:]) + "\n")
+    with pytest.raises(ValueError, match=r"2 result lines for 3 checkpoints and no 'training_iteration'"): load_zoo(root)
+    with pytest.warns(UserWarning, match="refusing to guess"): assert len(load_zoo(root, strict=False)) == 3
