@@ -12,7 +12,8 @@ from .data import ImageData
 from .nets import ACTIVATIONS, ActDropout, ZooCNN, make_net
 
 # %% auto #0
-__all__ = ['METRICS', 'population_forward', 'PopulationOptimizer', 'evaluate_population', 'train_population', 'train_one']
+__all__ = ['METRICS', 'RUNNING', 'population_forward', 'PopulationOptimizer', 'evaluate_population', 'train_population',
+           'train_one']
 
 # %% ../nbs/02_population.ipynb #56a9b0a6
 def population_forward(
@@ -103,7 +104,8 @@ def evaluate_population(net:ZooCNN, P:dict[str, Tensor], x:Tensor, y:Tensor, bs:
     return loss / len(x), acc / len(x)
 
 # %% ../nbs/02_population.ipynb #600d8eb9
-METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
+METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")   # train_*: the whole training set, evaluation mode
+RUNNING = ("train_loss_running", "train_acc_running")            # means over the epoch's batches while training
 
 def train_population(
     cfgs:list[dict],     # per model: act, init, optimizer, lr, wd, dropout, seed (`sane_nb.zoo.model_configs`); one act
@@ -128,12 +130,12 @@ def train_population(
     dgen = torch.Generator(device=dev).manual_seed(cfgs[0]["seed"] + 7919)
     xtr, ytr, xte, yte = (t.to(dev) for t in (data.x_train, data.y_train, data.x_test, data.y_test))
     M, N = len(cfgs), len(xtr)
-    ckpts, hist = [], {k: [] for k in METRICS}
-    def record(tr_loss, tr_acc):
-        te_loss, te_acc = evaluate_population(net, P, xte, yte)
-        for k, v in zip(METRICS, (tr_loss, tr_acc, te_loss, te_acc)): hist[k].append(v.tolist())
+    ckpts, hist = [], {k: [] for k in METRICS + RUNNING}
+    def record(running=None):
+        ev = (*evaluate_population(net, P, xtr, ytr), *evaluate_population(net, P, xte, yte))
+        for k, v in zip(METRICS + RUNNING, (*ev, *(running or ev[:2]))): hist[k].append(v.tolist())
         ckpts.append({k: v.detach().cpu().clone() for k, v in P.items()})
-    record(*evaluate_population(net, P, xtr, ytr))
+    record()
     if on_epoch: on_epoch(0)
     for ep in range(1, epochs + 1):
         order = torch.stack([torch.randperm(N, generator=g) for g in gens]).to(dev)
@@ -145,10 +147,10 @@ def train_population(
             losses = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
             opt.zero_grad(); losses.sum().backward(); opt.step()
             tot_loss += losses.detach() * ix.shape[1]; tot_acc += (out.detach().argmax(-1) == y).sum(1)
-        record(tot_loss / N, tot_acc / N)
+        record((tot_loss / N, tot_acc / N))
         if on_epoch: on_epoch(ep)
     states = [{k: torch.stack([c[k][j] for c in ckpts]) for k in P} for j in range(M)]
-    return states, [{k: [h[j] for h in hist[k]] for k in METRICS} for j in range(M)]
+    return states, [{k: [h[j] for h in hist[k]] for k in METRICS + RUNNING} for j in range(M)]
 
 # %% ../nbs/02_population.ipynb #cc4b08f6
 def train_one(
@@ -160,16 +162,17 @@ def train_one(
     opt = (torch.optim.Adam(net.parameters(), lr=cfg["lr"], weight_decay=cfg["wd"]) if cfg["optimizer"] == "adam"
            else torch.optim.SGD(net.parameters(), lr=cfg["lr"], momentum=0.9, weight_decay=cfg["wd"]))
     g, N = torch.Generator().manual_seed(cfg["seed"]), len(data.x_train)
-    ckpts, hist = [], {k: [] for k in METRICS}
+    ckpts, hist = [], {k: [] for k in METRICS + RUNNING}
     def evaluate(x, y):
         net.eval()
         with torch.no_grad(): out = net(x)
         net.train()
         return F.cross_entropy(out, y).item(), (out.argmax(-1) == y).float().mean().item()
-    def record(tr):
-        for k, v in zip(METRICS, (*tr, *evaluate(data.x_test, data.y_test))): hist[k].append(v)
+    def record(running=None):
+        ev = (*evaluate(data.x_train, data.y_train), *evaluate(data.x_test, data.y_test))
+        for k, v in zip(METRICS + RUNNING, (*ev, *(running or ev[:2]))): hist[k].append(v)
         ckpts.append({k: v.detach().clone() for k, v in net.state_dict().items()})
-    record(evaluate(data.x_train, data.y_train))
+    record()
     for ep in range(1, epochs + 1):
         order, tot_loss, tot_acc = torch.randperm(N, generator=g), 0., 0
         for i in range(0, N, bs):

@@ -16,7 +16,7 @@ from fastprogress.fastprogress import progress_bar
 from .core import default_device, save_json, load_json, save_tensors, load_tensors
 from .data import ImageData, load_dataset
 from .nets import make_net
-from .zoo import ZOO_FORMAT, METRICS, model_configs, load_zoo, _model_file
+from .zoo import ZOO_FORMAT, METRICS, RUNNING, model_configs, load_zoo, _model_file
 from .tokenize import tokenize, token_layout, layout_mask_pos
 from .model import SaneConfig
 from .probe import encode_tokens
@@ -98,20 +98,21 @@ def train_resnet(
     "Train one network with a checkpoint per epoch in `folder`, resuming from the last one found there"
     folder, dev = Path(folder), default_device(device)
     net = make_net(arch["arch"], **{**arch.get("kwargs", {}), "act": cfg["act"]}, init=cfg["init"], seed=cfg["seed"]).to(dev)
-    opt, hist, done = _optimizer(net, cfg), {k: [] for k in METRICS}, -1
+    opt, hist, done = _optimizer(net, cfg), {k: [] for k in METRICS + RUNNING}, -1
     if (folder/"progress.json").exists():
         prog = load_json(folder/"progress.json")
         done, hist = prog["epoch"], prog["metrics"]
         net.load_state_dict(load_tensors(folder/f"epoch_{done:04d}.safetensors", str(dev)))
         _opt_load(opt, folder/f"optimizer_{done:04d}.safetensors", prog["param_groups"])
-    def record(ep, tr):
-        for k, v in zip(METRICS, (*tr, *evaluate_net(net, data.x_test, data.y_test))): hist[k].append(v)
+    def record(ep, running=None):
+        ev = (*evaluate_net(net, data.x_train, data.y_train), *evaluate_net(net, data.x_test, data.y_test))
+        for k, v in zip(METRICS + RUNNING, (*ev, *(running or ev[:2]))): hist.setdefault(k, []).append(v)
         save_tensors(net.state_dict(), folder/f"epoch_{ep:04d}.safetensors")
         groups = _opt_save(opt, folder/f"optimizer_{ep:04d}.safetensors")
         save_json({"epoch": ep, "metrics": hist, "param_groups": groups}, folder/"progress.json")
         if ep > 0: (folder/f"optimizer_{ep-1:04d}.safetensors").unlink(missing_ok=True)
         if on_epoch: on_epoch(ep)
-    if done < 0: record(0, evaluate_net(net, data.x_train, data.y_train))
+    if done < 0: record(0)
     for ep in range(max(done, 0) + 1, epochs + 1):
         net.train()
         order, loss_sum, hits = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(cfg["seed"]*1000 + ep)), 0., 0

@@ -140,7 +140,8 @@ def check_finite(
     "Raise a `ValueError` naming the first entry of `sd` that holds NaN or infinite values"
     for k in (sd if keys is None else keys):
         v = sd[k]
-        if torch.is_floating_point(v) and not bool(torch.isfinite(v).all()):
+        # a sum is NaN/Inf if any entry is (and allocates nothing the size of v); only then check entry by entry
+        if torch.is_floating_point(v) and not math.isfinite(float(v.sum())) and not bool(torch.isfinite(v).all()):
             n_nan, n_inf = int(torch.isnan(v).sum()), int(torch.isinf(v).sum())
             raise ValueError(f"{where}non-finite weights in {k!r} ({n_nan} NaN, {n_inf} Inf): a diverged or corrupted "
                              f"checkpoint; drop it (load_zoo drops such checkpoints unless told otherwise)")

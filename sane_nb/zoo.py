@@ -15,7 +15,7 @@ from fastprogress.fastprogress import progress_bar
 from .core import cache_path, atomic_write, save_json, load_json, save_tensors, load_tensors, load_torch, torch_threads, check_options, clean_orphans
 from .data import ImageData, load_dataset, train_subset
 from .nets import ACTIVATIONS, INITS, ZooCNN, make_net
-from .population import METRICS, train_population
+from .population import METRICS, RUNNING, train_population
 
 # %% auto #0
 __all__ = ['DEFAULT_GRID', 'SEED_POINT', 'ZOO_FORMAT', 'DEFAULT_ARCH', 'PUBLISHED_KEYS', 'PUBLISHED_TYPES', 'FIXTURE',
@@ -288,6 +288,8 @@ def _sig_diff(sig, ref):
 def _props_row(model_id, name, epoch, met, cfg):
     row = {"model_id": model_id, "model": name, "epoch": int(epoch)}
     for k in METRICS: row[k] = float(met[k]) if met.get(k) is not None else math.nan
+    for k in RUNNING:
+        if k in met: row[k] = float(met[k])
     row["ggap"] = row["train_acc"] - row["test_acc"]
     for k in ("act", "init", "optimizer", "lr", "wd", "dropout", "seed"): row[k] = cfg.get(k)
     return row
@@ -326,7 +328,7 @@ def _load_native(path, epochs, weight_threshold, strict):
     meta = load_json(path/"zoo.json")
     if meta.get("format") != ZOO_FORMAT: raise ValueError(f"{path/'zoo.json'}: unknown format {meta.get('format')!r}")
     ref = _signature(make_net(meta["arch"]["arch"], **meta["arch"]["kwargs"]).state_dict())
-    rows, dropped, models = [], [], []
+    rows, dropped, models, running_only = [], [], [], False
     for i in range(meta["n_models"]):
         jf, tf = _model_file(path, i, "json"), _model_file(path, i, "safetensors")
         if not jf.exists(): dropped.append(f"{jf.name}: model {i} unfinished (run make_zoo again)"); continue
@@ -346,13 +348,17 @@ def _load_native(path, epochs, weight_threshold, strict):
             if epochs is not None and ep not in epochs: continue
             why = checkpoint_problem({k: v[j] for k, v in sd.items()}, weight_threshold)
             if why: dropped.append(f"{name} epoch {ep}: {why}"); continue
-            met = {k: info[k][j] for k in METRICS}
+            met = {k: info[k][j] for k in METRICS + RUNNING if len(info.get(k) or ()) == len(info["epochs"])}
             if why := _bad_metrics(met, f"{jf} epoch {ep}", strict): dropped.append(why); continue
             rows.append(_props_row(len(models), name, ep, met, info["config"])); kept += 1
         if epochs is not None:
             dropped += [f"{name} epoch {e}: not in the zoo" for e in epochs if e not in info["epochs"]]
         if kept: models.append((name, tf, info["epochs"]))
+        if len(info.get("train_acc_running") or ()) != len(info["epochs"]): running_only = True
     _warn_dropped(path, dropped)
+    if running_only: warnings.warn(f"load_zoo({path}): made by a sane_nb that recorded train_acc as the running accuracy "
+                                   f"during each epoch, so its train_acc and ggap are those, not the accuracy on the "
+                                   f"whole training set after the epoch; remake the zoo for the latter", stacklevel=3)
     @lru_cache(maxsize=8)
     def tensors(m): return load_tensors(models[m][1])
     def loader(m, ep):
@@ -526,7 +532,7 @@ def write_modelzoo(
         for i in idx:
             sd, p = zoo[int(i)]
             with atomic_write(trial/f"checkpoint_{p['epoch']:06d}"/"checkpoints") as f: torch.save(sd, f)
-            lines.append(json.dumps({**{k: p[k] for k in METRICS}, "training_iteration": p["epoch"],
+            lines.append(json.dumps({**{k: p[k] for k in METRICS + RUNNING if k in p}, "training_iteration": p["epoch"],
                                      "trial_id": name, "config": params}))
         save_json(params, trial/"params.json")
         with atomic_write(trial/"result.json", "w") as f: f.write("\n".join(lines) + "\n")

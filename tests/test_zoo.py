@@ -48,7 +48,7 @@ def test_batched_equals_alone_mixed_optimizers(act, lrs):
         for k in sd:
             assert sd[k].shape == sd1[k].shape == (3, *make_net("cnn_digits").state_dict()[k].shape)
             assert (sd[k] - sd1[k]).abs().max().item() < 2e-6, (c, k)
-        for k in ("train_loss", "test_loss", "test_acc", "train_acc"):
+        for k in ("train_loss", "test_loss", "test_acc", "train_acc", "train_loss_running", "train_acc_running"):
             np.testing.assert_allclose(met[k], met1[k], atol=1e-5)
 
 
@@ -459,3 +459,29 @@ def test_result_lines_are_paired_or_refused(tmp_path):
     (t/"result.json").write_text("\n".join(lines[1:]) + "\n")
     with pytest.raises(ValueError, match=r"2 result lines for 3 checkpoints and no 'training_iteration'"): load_zoo(root)
     with pytest.warns(UserWarning, match="refusing to guess"): assert len(load_zoo(root, strict=False)) == 3
+
+
+def test_train_acc_is_the_evaluated_accuracy_on_the_training_set():
+    "train_acc (and so ggap) is measured on the whole training set after the epoch, in eval mode; the running one has its own name"
+    from sane_nb.zoo import zoo_images
+    from sane_nb.sample import accuracy
+    zoo = fixture_zoo()
+    data = zoo_images(zoo.meta)
+    for i in (3, 17, len(zoo) - 1):
+        got = accuracy(zoo.make_model(i), data.x_train, data.y_train)
+        assert zoo.props["train_acc"][i] == pytest.approx(got, abs=1e-6)
+        assert zoo.props["ggap"][i] == pytest.approx(got - zoo.props["test_acc"][i], abs=1e-6)
+    e = zoo.props["epoch"] > 0
+    assert not np.allclose(zoo.props["train_acc_running"][e], zoo.props["train_acc"][e])
+    e0 = zoo.props["epoch"] == 0
+    np.testing.assert_allclose(zoo.props["train_acc_running"][e0], zoo.props["train_acc"][e0])
+
+
+def test_zoo_from_before_eval_mode_train_acc_says_so(tmp_path):
+    import shutil
+    shutil.copytree(fixture_zoo().path, tmp_path/"old")
+    for f in (tmp_path/"old"/"models").glob("*.json"):
+        j = json.loads(f.read_text()); j["train_acc"] = j.pop("train_acc_running"); j["train_loss"] = j.pop("train_loss_running")
+        f.write_text(json.dumps(j))
+    with pytest.warns(UserWarning, match="recorded train_acc as the running accuracy"): z = load_zoo(tmp_path/"old")
+    assert "train_acc_running" not in z.props
