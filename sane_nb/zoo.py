@@ -288,8 +288,7 @@ def _sig_diff(sig, ref):
 def _props_row(model_id, name, epoch, met, cfg):
     row = {"model_id": model_id, "model": name, "epoch": int(epoch)}
     for k in METRICS: row[k] = float(met[k]) if met.get(k) is not None else math.nan
-    for k in RUNNING:
-        if k in met: row[k] = float(met[k])
+    for k in RUNNING: row[k] = float(met[k]) if k in met else math.nan   # NaN: a zoo made before they were recorded
     row["ggap"] = row["train_acc"] - row["test_acc"]
     for k in ("act", "init", "optimizer", "lr", "wd", "dropout", "seed"): row[k] = cfg.get(k)
     return row
