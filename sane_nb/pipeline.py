@@ -134,6 +134,9 @@ def probe_run(
     seed:int=0,
 )->object:                  # the `ProbeTable`
     "Embed every checkpoint of a run's zoo and probe its properties against s(W) and W; writes probe.json, probe.md, pca.png"
+    check_options("probe_run", seed=(seed, "int>=0"))
+    if bad := [f for f in families if f not in ("linear", "nonlinear")]:
+        raise ValueError(f"probe_run: option 'families' has unknown probe families {bad}; use 'linear' and/or 'nonlinear'")
     run = run if isinstance(run, Run) else load_run(run)
     out = Path(out or run.path/"probe")
     feats = representations(run.sane, run.tz) | untrained_representations(run.sane, run.tz, seed)
@@ -173,6 +176,9 @@ def sample_run(
     seed:int=0,
 )->dict:
     "Sample models from a run, fine-tune them against the baselines, audit their novelty; writes sample.json, curves.png"
+    check_options("sample_run", n=(n, "int>=1"), n_prompts=(n_prompts, "int>=1"), epochs=(epochs, "int>=0"),
+                  populations=(populations, "int>=1"), k=(k, "int>=1|None"), seed=(seed, "int>=0"))
+    if k is not None and k < n: raise ValueError(f"sample_run: option 'k' (candidates, {k}) must be at least 'n' (models kept, {n})")
     import matplotlib.pyplot as plt
     run = run if isinstance(run, Run) else load_run(run)
     out = Path(out or run.path/"sample")

@@ -77,3 +77,11 @@ def test_a_run_that_did_no_work_does_not_block_the_corrected_rerun(tmp_path):
     save_json({"zoo": "elsewhere", "steps": 7}, tmp_path/"run"/"run.json")      # as an older version left it
     r = _cli("sane_pretrain", zoo.path, tmp_path/"run", "--preset", "tiny", "--steps", "2", "--bs", "8", tmp=tmp_path)
     assert r.returncode == 0, r.stderr
+
+
+def test_probe_and_sample_options_are_checked():
+    import pytest
+    from sane_nb.pipeline import sample_run, probe_run
+    for kw, name in ((dict(n=0), "'n'"), (dict(populations=-1), "'populations'"), (dict(k=2, n=5), "'k'"), (dict(epochs="5"), "'epochs'")):
+        with pytest.raises(ValueError, match=f"sample_run: option {name}"): sample_run("nowhere", **kw)
+    with pytest.raises(ValueError, match="option 'families'"): probe_run("nowhere", families=("ridge",))
