@@ -4,7 +4,7 @@
 
 # %% ../nbs/94_bench_sample.ipynb #a3fe65c0
 from __future__ import annotations
-import hashlib, json, time
+import hashlib, json, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,8 @@ from .nets import make_net
 from .align import permutation_spec, align_epochs
 from .tokenize import LayerStats
 from .model import SaneConfig
-from .sample import pretrain_for_sampling, prompt_tokens, sample_models, reconstruct, relative_error, accuracy
+from .sample import pretrain_for_sampling, checkpoint_token_zoo, prompt_tokens, sample_models, reconstruct, relative_error, accuracy
+from .diagnose import diagnose
 from .evaluate import compare_inits, summarize, noise_baseline, novelty_audit, holdout, class_subset, transpose_images
 
 # %% auto #0
@@ -73,6 +74,9 @@ def bench_zoo(
     t0 = time.time()
     sane = pretrain_for_sampling([sds[i] for i in good], stats, cfg, steps=sz["steps"], bs=sz["bs"])
     t_train = time.time() - t0
+    with tempfile.TemporaryDirectory() as tmp:   # its training checkpoints (this SANE has no validation split)
+        tz = checkpoint_token_zoo([sds[i] for i in good], stats, cfg.tokensize, tmp, [{"test_acc": P["test_acc"][i]} for i in good])
+        diag = diagnose(sane, tz, split="train", floor=False).to_dict()
     rec = relative_error(reconstruct(sane, prompts, stats), prompts)
     res = compare_inits(sane, prompts, stats, make_model, data, n=sz["n"], epochs=sz["ft_epochs"],
                         populations=sz["populations"], k=4*sz["n"], init=P["init"][prompt_ids[0]])
@@ -91,7 +95,7 @@ def bench_zoo(
     for mode, bw, rel in (("joint", 0.2, True), ("joint", 0.0, True), ("token", 0.2, True), ("published", 0.2, False)):
         sm = sample_models(sane, prompts, 2*sz["n"], stats, make_model, mode=mode, bandwidth=bw, relative=rel, seed=7)
         modes[f"{mode}_{bw}{'_rel' if rel else ''}"] = float(np.mean([_acc(make_model, sd, data) for sd in sm.state_dicts]))
-    return {"acc": summarize(res, (0, 1, sz["ft_epochs"])), "recon_rel_err": rec.mean().item(), "epoch0_by_mode": modes, "transfer": transfer,
+    return {"acc": summarize(res, (0, 1, sz["ft_epochs"])), "recon_rel_err": rec.mean().item(), "diagnosis": diag, "epoch0_by_mode": modes, "transfer": transfer,
             "recon_rel_err_max": rec.max().item(), "novelty": audit, "dist_to_prompt": float(res["dist"].mean()),
             "act": act, "n_prompts": len(prompts), "pretrain_s": round(t_train, 1), "sane_steps": sz["steps"],
             "curves": {m: res[m].mean(1).tolist() for m in ("sane", "scratch", "prompts", "noise", "noise_layer")}}

@@ -17,9 +17,9 @@ from .dataset import tokenize_zoo
 from .probe import halo_windows, encode_tokens
 
 # %% auto #0
-__all__ = ['prompt_tokens', 'pretrain_for_sampling', 'decode_tokens', 'kde_sample', 'tokens_to_state_dicts', 'condition_bn',
-           'accuracy', 'predictions', 'weight_vector', 'Samples', 'select_best', 'sample_models', 'relative_error',
-           'reconstruct']
+__all__ = ['prompt_tokens', 'checkpoint_token_zoo', 'pretrain_for_sampling', 'decode_tokens', 'kde_sample',
+           'tokens_to_state_dicts', 'condition_bn', 'accuracy', 'predictions', 'weight_vector', 'Samples',
+           'select_best', 'sample_models', 'relative_error', 'reconstruct']
 
 # %% ../nbs/09_sample.ipynb #988060d0
 def prompt_tokens(
@@ -37,9 +37,20 @@ def prompt_tokens(
 # %% ../nbs/09_sample.ipynb #5abe61a7
 class _Checkpoints:
     "State dicts as a zoo for `tokenize_zoo`: every checkpoint its own model"
-    def __init__(self, sds): self.sds = list(sds)
+    def __init__(self, sds, props=None): self.sds, self.props_ = list(sds), props
     def __len__(self): return len(self.sds)
-    def __getitem__(self, i): return self.sds[i], {"model_id": i, "epoch": 0}
+    def __getitem__(self, i): return self.sds[i], {"model_id": i, "epoch": 0, **(self.props_[i] if self.props_ else {})}
+
+def checkpoint_token_zoo(
+    sds:list,              # state dicts of one architecture, already aligned
+    stats:LayerStats,      # the per-layer statistics to standardise with
+    tokensize:int,         # token size T
+    dest,                  # folder to write the tokens to
+    props:list|None=None,  # optional properties per state dict (e.g. {"test_acc": ...}), for diagnostics
+):
+    "State dicts as a one-split (`train`) TokenZoo, standardised with `stats`: what the sampling autoencoder trains on"
+    return tokenize_zoo(_Checkpoints(sds, props), dest, tokensize=tokensize, splits={"train": range(len(sds))},
+                        align=False, stats=stats, progress=False)
 
 def pretrain_for_sampling(
     sds:list,              # training checkpoints (one architecture), e.g. the good ones of the training split
@@ -57,8 +68,7 @@ def pretrain_for_sampling(
     "Train a SANE on standardised (aligned) checkpoints for `steps` steps and return it in eval mode"
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
-        tz = tokenize_zoo(_Checkpoints(sds), tmp, tokensize=cfg.tokensize, splits={"train": range(len(sds))}, align=False,
-                          stats=stats, progress=False)
+        tz = checkpoint_token_zoo(sds, stats, cfg.tokensize, tmp)
         if cfg.windowsize > tz.tokens.shape[1]:
             raise ValueError(f"windowsize {cfg.windowsize} is longer than the {tz.tokens.shape[1]} tokens of a model")
         sane, _ = pretrain_on_zoo(tz, cfg, steps, bs, lr, seed, noise, permute, gamma=gamma, **kw)
