@@ -247,3 +247,14 @@ def test_transpose_images_keeps_labels():
     data = _data()
     t = transpose_images(data)
     assert torch.equal(t.x_train[3, 0], data.x_train[3, 0].T) and torch.equal(t.y_test, data.y_test)
+
+
+def test_checkpoint_token_zoo_round_trip(tmp_path, zoo):
+    "The sampling autoencoder's training tokens: standardised with the given statistics, reversible, with properties"
+    from sane_nb.sample import checkpoint_token_zoo
+    sds, stats = zoo
+    tz = checkpoint_token_zoo(sds, stats, 73, tmp_path/"t", [{"test_acc": 0.1*i} for i in range(len(sds))])
+    assert tz.tokens.shape[:2] == (len(sds), 48) and tz.stats == stats
+    assert np.allclose(tz.props["test_acc"], [0.1*i for i in range(len(sds))])
+    back = tz.state_dict(1)
+    assert all(torch.allclose(back[k], sds[1][k], atol=1e-5) for k in sds[1])
