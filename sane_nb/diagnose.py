@@ -29,11 +29,13 @@ def reconstruction_error(
     split:str="val",        # which split
     by:str="test_acc",      # property whose quartiles are reported (skipped if the zoo has none)
     halo:int|None=None,     # window halo when models are longer than a window; None = windowsize // 4
+    z:Tensor|None=None,     # the split's per-token latents [n, N, lat] if already computed (`encode_tokens`)
 )->dict:                    # {"overall": x, "by": name, "by_quartile": [q1 (lowest) .. q4 (highest)]}
     "Relative reconstruction error (error power / signal power over real entries) overall and by quartile of `by`"
     seq = tz.sequences(split)
     t, m = seq["tokens"], seq["mask"].float()
-    y = decode_tokens(sane, encode_tokens(sane, t, seq["pos"], halo=halo), seq["pos"], halo)
+    z = encode_tokens(sane, t, seq["pos"], halo=halo) if z is None else z
+    y = decode_tokens(sane, z, seq["pos"], halo)
     err, sig = (((y - t)**2)*m).sum((1, 2)).double(), ((t**2)*m).sum((1, 2)).double()
     out = {"overall": float(err.sum()/sig.sum())}
     if by in seq["props"]:
@@ -90,10 +92,11 @@ def latent_variance_share(
     tz,                     # a `TokenZoo`
     split:str="val",        # which split
     halo:int|None=None,     # window halo; None = windowsize // 4
+    z:Tensor|None=None,     # the split's per-token latents [n, N, lat] if already computed (`encode_tokens`)
 )->dict:                    # {"latent": share in the latents, "tokens": share in the input tokens}
     "The share of variance between models (at equal positions) in SANE's per-token latents and in the input tokens"
     seq = tz.sequences(split)
-    z = encode_tokens(sane, seq["tokens"], seq["pos"], halo=halo)
+    z = encode_tokens(sane, seq["tokens"], seq["pos"], halo=halo) if z is None else z
     return {"latent": _between_model_share(z), "tokens": _between_model_share(seq["tokens"], seq["mask"])}
 
 # %% ../nbs/09c_diagnose.ipynb #a797c1f5
@@ -180,10 +183,12 @@ def diagnose(
 )->Diagnosis:
     "All diagnostics of a trained SANE on a held-out split (see the table above)"
     if split not in tz.splits or not len(tz.splits[split]): split = "train"  # tiny zoos may have no validation models
+    seq = tz.sequences(split)
+    z = encode_tokens(sane, seq["tokens"], seq["pos"], halo=halo)            # encoded once for both measures
     return Diagnosis(sane.cfg.lat_dim, sane.cfg.tokensize,
-                     reconstruction_error(sane, tz, split, halo=halo),
+                     reconstruction_error(sane, tz, split, halo=halo, z=z),
                      shared_offset_retrieval(sane, tz, split, bs=bs, noise=noise, seed=seed),
-                     latent_variance_share(sane, tz, split, halo=halo),
+                     latent_variance_share(sane, tz, split, halo=halo, z=z),
                      _floor(sane, tz, seed, halo) if floor else None, split)
 
 def _floor(sane, tz, seed, halo):

@@ -15,7 +15,8 @@ from torch import nn, Tensor
 
 from .nets import init_weights
 from .align import permutation_spec, weight_matching, apply_permutation
-from .sample import sample_models, select_best, accuracy, predictions, condition_bn, weight_vector
+from .tokenize import _bias_key
+from .sample import sample_models, select_best, nearest_prompt, accuracy, predictions, condition_bn, weight_vector
 
 # %% auto #0
 __all__ = ['holdout', 'finetune', 'noise_candidates', 'noise_baseline', 'compare_inits', 'summarize', 'plot_curves',
@@ -64,8 +65,7 @@ def _layer_scales(sd, stats):
     out = {}
     for k, (_, s) in stats.stats.items():
         out[k] = s
-        b = k[:-len("weight")] + "bias" if k.endswith("weight") else None
-        if b in sd: out[b] = s
+        if (b := _bias_key(k)) in sd: out[b] = s
     return out
 
 def noise_candidates(
@@ -91,8 +91,7 @@ def noise_baseline(
     stats=None,            # `LayerStats`: per-layer scaled noise (None: isotropic in raw space)
 )->tuple[list, Tensor]:    # noisy prompts (one per sample), distances [n] of the samples to their nearest prompt
     "Prompts plus Gaussian noise with the same L2 distance to the prompts as the samples have"
-    d = torch.cdist(torch.stack([weight_vector(s) for s in samples]), torch.stack([weight_vector(p) for p in prompts]))
-    dist, j = d.min(1)
+    dist, j = nearest_prompt(samples, prompts)
     return noise_candidates(prompts, dist, j, seed, stats), dist
 
 # %% ../nbs/09b_evaluate.ipynb #78af9fbc
@@ -125,7 +124,7 @@ def compare_inits(
         for m, st in (("noise", None), ("noise_layer", stats)):
             cands = noise_candidates(prompts, s.candidate_dist, s.candidate_prompt, seed=1000*p, stats=st)
             noisy[m] = select_best(cands, n, make_model, val if k else None, train_data.x_train, seed=1000*p)[0]
-        dist = noise_baseline(prompts, s.state_dicts)[1]   # the kept samples' distances to their nearest prompts
+        dist = nearest_prompt(s.state_dicts, prompts)[0]   # the kept samples' distances to their nearest prompts
         scratch = []
         for j in range(n):
             torch.manual_seed(1000*p + j); net = make_model()

@@ -18,8 +18,8 @@ from .probe import halo_windows, encode_tokens
 
 # %% auto #0
 __all__ = ['prompt_tokens', 'checkpoint_token_zoo', 'pretrain_for_sampling', 'decode_tokens', 'kde_sample',
-           'tokens_to_state_dicts', 'condition_bn', 'accuracy', 'predictions', 'weight_vector', 'Samples',
-           'select_best', 'sample_models', 'relative_error', 'reconstruct']
+           'tokens_to_state_dicts', 'condition_bn', 'accuracy', 'predictions', 'weight_vector', 'nearest_prompt',
+           'Samples', 'select_best', 'sample_models', 'relative_error', 'reconstruct']
 
 # %% ../nbs/09_sample.ipynb #988060d0
 def prompt_tokens(
@@ -166,6 +166,14 @@ def weight_vector(sd:dict)->Tensor:
     "All floating-point entries of a state dict, flattened into one vector (state-dict order)"
     return torch.cat([v.detach().flatten().float() for k, v in sd.items() if v.is_floating_point()])
 
+# %% ../nbs/09_sample.ipynb #07a65d59
+def nearest_prompt(
+    sds:list,              # state dicts (samples, candidates, noisy copies)
+    prompts:list,          # the prompt state dicts
+)->tuple[Tensor, Tensor]:  # L2 distance to the nearest prompt [n], its index [n]
+    "Each model's nearest prompt in weight space, and the distance to it"
+    return torch.cdist(torch.stack([weight_vector(s) for s in sds]), torch.stack([weight_vector(p) for p in prompts])).min(1)
+
 # %% ../nbs/09_sample.ipynb #10b2426c
 @dataclass
 class Samples:
@@ -233,9 +241,8 @@ def sample_models(
     m = (k or 4*n) if val is not None else n
     zs, anchors = kde_sample(z, m, bandwidth, mode, seed, relative)
     sds = tokens_to_state_dicts(decode_tokens(sane, zs, pos, halo, batch_size), mask, pos, stats, ref)
-    d = torch.cdist(torch.stack([weight_vector(sd) for sd in sds]), torch.stack([weight_vector(p) for p in prompts]))
     kept, va, keep = select_best(sds, n, make_model, val, bn_x, bn_iters, seed)
-    return Samples(kept, zs[keep], anchors[keep], va, *d.min(1))
+    return Samples(kept, zs[keep], anchors[keep], va, *nearest_prompt(sds, prompts))
 
 # %% ../nbs/09_sample.ipynb #b88fe76a
 def relative_error(sds:list, targets:list)->Tensor:

@@ -233,13 +233,17 @@ class LayerStats:
         return cls(out)
 
 # %% ../nbs/03_tokenize.ipynb #4a1df4e6
+def _bias_key(k):
+    "The bias entry that shares a weight entry's layer statistics ('x.weight' -> 'x.bias'), or None"
+    pre, name = _split_key(k)
+    return k[:len(k)-len(name)] + name.replace("weight", "bias") if name.endswith("weight") else None
+
 def _map_sd(stats, sd, fn):
     out = dict(sd)
     for k, (m, s) in stats.stats.items():
         if k not in sd: raise KeyError(f"LayerStats has layer {k!r}, which the state dict lacks (another architecture?)")
         out[k] = fn(sd[k], m, s)
-        pre, name = _split_key(k)
-        b = k[:len(k)-len(name)] + name.replace("weight", "bias") if name.endswith("weight") else None
+        b = _bias_key(k)
         if b is not None and b in sd: out[b] = fn(sd[b], m, s)
     return out
 
