@@ -32,11 +32,14 @@ SIZES = {"full": dict(zoo=ZOO, epochs=40),
          "hyper": dict(zoo={**ZOO, "kind": "hyper", "grid": None}, epochs=40),  # the same SANE and budget on a hyper zoo
          "quick": dict(zoo={**ZOO, "n_models": 40, "epochs": 8}, epochs=6)}
 
-def parity_config(tz)->SaneConfig:
+def parity_config(
+    tz,                     # the tokenized zoo
+    stats_head:float=0.0,   # weight of the auxiliary row-statistics head (0: the published SANE)
+)->SaneConfig:
     "The published configuration, with the token size and position tables of the tokenized zoo"
     N, T = tz.tokens.shape[1:]
     fit = [int(tz.pos[:, k].max()) + 1 for k in range(3)]
-    return SaneConfig(tokensize=T, d_model=128, n_heads=4, n_layers=2, lat_dim=32, windowsize=N, max_positions=fit, proj_dim=30)
+    return SaneConfig(tokensize=T, d_model=128, n_heads=4, n_layers=2, lat_dim=32, windowsize=N, max_positions=fit, proj_dim=30, stats_head=stats_head)
 
 def padding_gamma(gamma:float, tz)->float:
     "The γ that gives our real-entries MSE the balance that `gamma` gives the published padding-averaged MSE"
@@ -49,20 +52,21 @@ def parity_seed(
     seed:int,             # SANE seed and split seed offset (split seed 42 + seed)
     epochs:int=40,        # pretraining epochs over the training checkpoints
     gamma:float=0.05,     # published γ, converted with `padding_gamma`
+    stats_head:float=0.0, # weight of the auxiliary row-statistics head (0: the published SANE)
 )->dict:                  # probe rows, diagnostics, reconstruction errors, losses, times
     "Tokenize, pretrain with the published configuration, diagnose and probe, for one seed"
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
         tz = tokenize_zoo(zoo, tmp, tokensize=0, splits=zoo.split(seed=42 + seed), progress=False)
-        cfg, g = parity_config(tz), padding_gamma(gamma, tz)
+        cfg, g = parity_config(tz, stats_head), padding_gamma(gamma, tz)
         dl = token_loaders(tz, cfg.windowsize, 32, splits=("train",), noise=0.1, permute=True)["train"]
         learn = pretrain(cfg, dl, epochs=epochs, lr=1e-3, wd=3e-9, clip=None, gamma=g, seed=seed, progress=False, plot=False)
         sane, t1 = learn.model.cpu().eval(), time.time()
         diag = diagnose(sane, tz, "val", seed=seed)
         recon = {s: reconstruction_error(sane, tz, s)["overall"] for s in ("train", "val")}
         table = predict_properties(representations(sane, tz), tz.props, tz.splits, categorical=(), seed=seed)
-    return dict(seed=seed, gamma=gamma, gamma_used=g, rows=list(table), diagnosis=diag.to_dict(), recon=recon,
+    return dict(seed=seed, gamma=gamma, gamma_used=g, stats_head=stats_head, rows=list(table), diagnosis=diag.to_dict(), recon=recon,
                 loss=[float(np.mean(learn.metrics.losses[:20])), float(np.mean(learn.metrics.losses[-20:]))],
                 n_steps=len(learn.metrics.losses), time_s=dict(pretrain=t1 - t0, evaluate=time.time() - t1))
 
@@ -93,10 +97,10 @@ def parity_summary(results:list)->dict:
 
 # %% ../nbs/96_bench_parity.ipynb #c48850fb
 def _one(args):
-    zoo_path, seed, epochs, gamma, dest = args
+    zoo_path, seed, epochs, gamma, stats_head, dest = args
     from sane_nb.zoo import load_zoo
     if dest.exists(): return load_json(dest)
-    res = parity_seed(load_zoo(zoo_path), seed, epochs, gamma)
+    res = parity_seed(load_zoo(zoo_path), seed, epochs, gamma, stats_head)
     save_json(res, dest)
     return res
 
@@ -106,6 +110,7 @@ def run(
     folder:str|None=None,  # cache of the zoo and per-seed results (default `cache_path()/'bench_parity'`)
     seeds=(0, 1, 2),       # SANE and split seeds
     gamma:float=0.05,      # the published γ (converted with `padding_gamma`)
+    stats_head:float=0.0,  # weight of the auxiliary row-statistics head (0: the published SANE; an ablation otherwise)
     n_workers:int=2,       # seeds trained side by side (one thread each)
     size:str|None=None,    # a key of `SIZES`, overriding `quick` ("hyper": the digits hyperparameter zoo)
 )->dict:
@@ -116,7 +121,8 @@ def run(
     folder = Path(folder or cache_path()/"bench_parity")
     zoo_dir = folder/f"{size['zoo']['kind']}_{size['zoo']['n_models']}x{size['zoo']['epochs']}"
     make_zoo(zoo_dir, **size["zoo"], n_workers=2, progress=False)
-    jobs = [(zoo_dir, s, size["epochs"], gamma, folder/"results"/f"{name}_g{gamma}_s{s}.json") for s in seeds]
+    tag = f"{name}_g{gamma}" + (f"_stats{stats_head}" if stats_head else "")
+    jobs = [(zoo_dir, s, size["epochs"], gamma, stats_head, folder/"results"/f"{tag}_s{s}.json") for s in seeds]
     if n_workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
@@ -125,7 +131,7 @@ def run(
             results = list(ex.map(lib._one, jobs))
     else: results = [_one(j) for j in jobs]
     summary = dict(summary=parity_summary(results), published=PUBLISHED,
-                   meta=dict(size=name, zoo=size["zoo"], epochs=size["epochs"], seeds=list(seeds), gamma=gamma,
+                   meta=dict(size=name, zoo=size["zoo"], epochs=size["epochs"], seeds=list(seeds), gamma=gamma, stats_head=stats_head,
                              gamma_used=[r["gamma_used"] for r in results], n_steps=results[0]["n_steps"],
                              time_s=[r["time_s"] for r in results]), total_s=time.time() - t0)
     if out is not None: save_json(summary, out)

@@ -5,41 +5,33 @@
 # %% ../nbs/93_bench_probe.ipynb #2d65e6ba
 from __future__ import annotations
 import json, tempfile, time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from .core import cache_path, save_json
+from .core import cache_path, save_json, load_json
 from .model import SaneConfig
-from .zoo import make_zoo
+from .zoo import make_zoo, load_zoo
 from .dataset import tokenize_zoo
-from .probe import predict_properties, representations
+from .probe import ProbeTable, predict_properties, representations
 from .train import pretrain_on_zoo
+from .bench_parity import parity_config, padding_gamma
 from .diagnose import diagnose, untrained_representations
 
 # %% auto #0
-__all__ = ['SIZES', 'SEEDS', 'bench_sane_config', 'bench_zoo', 'probe_zoo', 'aggregate', 'summary_markdown', 'run']
+__all__ = ['SIZES', 'SEEDS', 'VARIANTS', 'bench_zoo', 'probe_zoo', 'aggregate', 'summary_markdown', 'run']
 
 # %% ../nbs/93_bench_probe.ipynb #750212ef
 SIZES = {
-    "quick": dict(hyper=dict(n_models=40, epochs=5), seed=dict(n_models=40, epochs=5), sane="tiny", steps=300, bs=32, halo=2),
-    "mid": dict(hyper=dict(n_models=100, epochs=6), seed=dict(n_models=100, epochs=6), sane="small", steps=1500, bs=32, halo=4),
-    "full": dict(hyper=dict(n_models=300, epochs=10), seed=dict(n_models=200, epochs=10), sane="small", steps=5000, bs=64, halo=4),
+    "quick": dict(hyper=dict(n_models=40, epochs=5), seed=dict(n_models=40, epochs=5), epochs=10),
+    "mid": dict(hyper=dict(n_models=100, epochs=6), seed=dict(n_models=100, epochs=6), epochs=40),
+    "full": dict(hyper=dict(n_models=300, epochs=10), seed=dict(n_models=200, epochs=10), epochs=40),
 }
 SEEDS = (0, 1, 2)
-
-def bench_sane_config(
-    name:str,   # "tiny" or "small"
-    tz,         # the tokenized zoo (tokensize and positions are fitted to it)
-)->SaneConfig:
-    "The SANE of the benchmark, with position tables fitted to the zoo's architecture"
-    fit = [int(tz.pos[:, k].max())+1 for k in range(3)]
-    base = SaneConfig.tiny()
-    if name == "small": base = replace(base, tokensize=tz.tokens.shape[-1], d_model=64, n_heads=4, n_layers=2, lat_dim=16)
-    elif name != "tiny": raise ValueError(f"unknown benchmark SANE {name!r}; use 'tiny' or 'small'")
-    N = tz.tokens.shape[1]
-    return replace(base, tokensize=tz.tokens.shape[-1], max_positions=fit, windowsize=N if N <= 64 else base.windowsize)
+VARIANTS = {"sane": {},                               # the published SANE
+            "stats": {"stats_head": 1.0},             # + the auxiliary row-statistics head (`06b_losses`)
+            "g0.3": {"gamma": 0.3},                   # a stronger contrastive weight
+            "stats_g0.3": {"stats_head": 1.0, "gamma": 0.3}}
 
 # %% ../nbs/93_bench_probe.ipynb #fd5ecafc
 def bench_zoo(
@@ -56,29 +48,30 @@ def bench_zoo(
 def probe_zoo(
     zoo,                  # a `Zoo`
     seed:int,             # split seed offset (split seed 42+seed) and SANE seed
-    sane:str="tiny",      # benchmark SANE, see `bench_sane_config`
-    steps:int=300,        # pretraining budget in steps
-    bs:int=32,            # pretraining batch size
-    halo:int=2,           # halo of the embedding windows
-    tokensize:int=0,      # token length (0: one token per neuron)
+    epochs:int=40,        # pretraining budget in epochs over the training checkpoints (published: 40)
+    stats_head:float=0.0, # weight of the auxiliary row-statistics head (0: the published SANE)
+    gamma:float=0.05,     # contrastive weight as published (converted with `padding_gamma`)
+    bs:int=32,            # pretraining batch size (published: 32)
+    untrained:bool=True,  # also probe the same SANE before training (the floor)
     categorical=("act", "init", "optimizer"), # categorical targets (where they vary)
-)->dict:                  # {"table", "table_e1": ProbeTable, "diagnosis": dict, "loss": [first, last], "n_steps", "time_s"}
-    "Tokenize, pretrain, embed and probe one zoo for one seed"
+)->dict:                  # {"table", "table_e1": probe rows, "diagnosis": dict, "loss": [first, last], "n_steps", "time_s"}
+    "Tokenize, pretrain at the published budget, diagnose, embed and probe one zoo for one seed"
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
-        tz = tokenize_zoo(zoo, tmp, tokensize=tokensize, splits=zoo.split(seed=42 + seed), progress=False)
-        t1 = time.time()
-        cfg = bench_sane_config(sane, tz)
-        model, losses = pretrain_on_zoo(tz, cfg, steps=steps, bs=bs, seed=seed)
-        t2, halo = time.time(), min(halo, (cfg.windowsize - 1)//2)
-        diag = diagnose(model, tz, "val", floor=False, seed=seed, halo=halo).to_dict()
-        feats = representations(model, tz, halo=halo) | untrained_representations(model, tz, seed, halo)
+        tz = tokenize_zoo(zoo, tmp, tokensize=0, splits=zoo.split(seed=42 + seed), progress=False)
+        t1, cfg = time.time(), parity_config(tz, stats_head)
+        steps = max(1, epochs*len(tz.splits["train"])//bs)
+        model, losses = pretrain_on_zoo(tz, cfg, steps=steps, bs=bs, lr=1e-3, wd=3e-9, clip=None,
+                                        gamma=padding_gamma(gamma, tz), seed=seed)
+        t2 = time.time()
+        diag = diagnose(model, tz, "val", seed=seed).to_dict()
+        feats = representations(model, tz) | (untrained_representations(model, tz, seed) if untrained else {})
         t3 = time.time()
         table = predict_properties(feats, tz.props, tz.splits, categorical=categorical, seed=seed)
         e1 = {k: v[tz.props["epoch"][v] >= 1] for k, v in tz.splits.items()}
         table_e1 = predict_properties(feats, tz.props, e1, categorical=categorical, seed=seed)
         t4 = time.time()
-    return dict(table=table, table_e1=table_e1, diagnosis=diag, n_steps=len(losses),
+    return dict(table=list(table), table_e1=list(table_e1), diagnosis=diag, n_steps=len(losses),
                 loss=[float(np.mean(losses[:10])), float(np.mean(losses[-10:]))],
                 time_s=dict(tokenize=t1-t0, pretrain=t2-t1, diagnose_embed=t3-t2, probe=t4-t3))
 
@@ -113,29 +106,61 @@ def summary_markdown(
     return "\n".join(lines)
 
 # %% ../nbs/93_bench_probe.ipynb #00dac5c0
+def _job(args):
+    "One (zoo, variant, seed) of the benchmark, cached in `dest` so that a rerun resumes"
+    zoo_path, seed, epochs, variant, untrained, dest = args
+    if dest.exists(): return load_json(dest)
+    res = probe_zoo(load_zoo(zoo_path), seed, epochs, untrained=untrained, **variant)
+    save_json(res, dest)
+    return res
+
+def _named(rows:list, prefix:str)->ProbeTable:
+    "Probe rows with the representations of a variant renamed `prefix:name` (the published variant keeps its names)"
+    if not prefix: return ProbeTable(rows)
+    return ProbeTable({**r, "representation": f"{prefix}:{r['representation']}"} for r in rows
+                      if not r["representation"].startswith("untrained:") and r["representation"] not in ("s(W)", "W"))
+
 def run(
     quick:bool=False,      # reduced size (about 3 minutes on 2 cores)
     out:str|None=None,     # also write the summary JSON here
-    folder:str|None=None,  # where the zoos are cached (default `cache_path()/'bench_probe'`)
+    folder:str|None=None,  # where the zoos and per-seed results are cached (default `cache_path()/'bench_probe'`)
     seeds=SEEDS,           # seeds (split and SANE)
     size:str|None=None,    # a key of `SIZES`, overriding `quick` ("mid": between quick and full)
+    variants=("sane",),    # keys of `VARIANTS`, measured side by side on the same splits and seeds
+    n_workers:int=2,       # jobs run side by side (one torch thread each)
 )->dict:
     "Benchmark property prediction: SANE vs s(W) vs W, linear and non-linear probes, on a hyper and a seed zoo"
-    torch.set_num_threads(1)
     name = size or ("quick" if quick else "full")
     if name not in SIZES: raise ValueError(f"unknown size {name!r}; choose one of {sorted(SIZES)}")
+    if bad := [v for v in variants if v not in VARIANTS]: raise ValueError(f"unknown variants {bad}; choose from {sorted(VARIANTS)}")
     size, t0, res = SIZES[name], time.time(), {}
-    meta = dict(size=name, seeds=list(seeds), sane=size["sane"], steps=size["steps"], bs=size["bs"], halo=size["halo"],
+    folder = Path(folder or cache_path()/"bench_probe")
+    zoos = {kind: bench_zoo(kind, **size[kind], folder=folder) for kind in ("hyper", "seed")}
+    jobs = [(zoos[k].path, s, size["epochs"], VARIANTS[v], v == variants[0],
+             folder/"results"/f"{name}_{k}_{v}_e{size['epochs']}_s{s}.json") for k in zoos for v in variants for s in seeds]
+    if n_workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        from sane_nb import bench_probe as lib
+        with ProcessPoolExecutor(min(n_workers, len(jobs)), mp_context=mp.get_context("spawn")) as ex:
+            runs = list(ex.map(lib._job, jobs))
+    else:
+        torch.set_num_threads(1)
+        runs = [_job(j) for j in jobs]
+    meta = dict(size=name, seeds=list(seeds), variants={v: VARIANTS[v] for v in variants}, epochs=size["epochs"], bs=32,
+                sane="digits (d_model 128, 4 heads, 2+2 layers, latent 32, whole-model window)",
                 dataset="digits", arch="cnn_digits", tokensize=0)
-    for kind in ("hyper", "seed"):
-        zoo = bench_zoo(kind, **size[kind], folder=folder)
-        runs = [probe_zoo(zoo, s, size["sane"], size["steps"], size["bs"], size["halo"]) for s in seeds]
-        res[kind], res[kind + "_e1"] = (aggregate([r[t] for r in runs]) for t in ("table", "table_e1"))
-        meta[kind] = dict(zoo=repr(zoo), n_checkpoints=len(zoo), n_steps=runs[0]["n_steps"],
-                          pretrain_loss=[r["loss"] for r in runs], diagnosis=[r["diagnosis"] for r in runs],
-                          learned=[r["diagnosis"]["learned"] for r in runs],
-                          time_s={k: float(np.mean([r["time_s"][k] for r in runs])) for k in runs[0]["time_s"]})
-        print(f"{kind}: {zoo!r}, {time.time()-t0:.0f} s", flush=True)
+    it = iter(runs)
+    for kind, zoo in zoos.items():
+        by_v = {v: [next(it) for _ in seeds] for v in variants}
+        for t, key in (("table", kind), ("table_e1", kind + "_e1")):
+            res[key] = aggregate([ProbeTable(sum((list(_named(by_v[v][i][t], "" if v == variants[0] else v)) for v in variants), []))
+                                  for i in range(len(seeds))])
+        meta[kind] = dict(zoo=repr(zoo), n_checkpoints=len(zoo), n_steps={v: r[0]["n_steps"] for v, r in by_v.items()},
+                          pretrain_loss={v: [x["loss"] for x in r] for v, r in by_v.items()},
+                          diagnosis={v: [x["diagnosis"] for x in r] for v, r in by_v.items()},
+                          learned={v: [x["diagnosis"]["learned"] for x in r] for v, r in by_v.items()},
+                          time_s={v: {k: float(np.mean([x["time_s"][k] for x in r])) for k in r[0]["time_s"]} for v, r in by_v.items()})
     summary = {**res, "meta": meta, "total_s": time.time() - t0}
     if out is not None: save_json(summary, out)
     print(json.dumps(summary))

@@ -15,7 +15,7 @@ from .model import SANE, SaneConfig
 from .distributed import world_size, all_gather_with_grad, all_reduce_sum
 
 # %% auto #0
-__all__ = ['SyntheticTokens', 'synthetic_loaders', 'masked_mse', 'nt_xent', 'sane_loss']
+__all__ = ['SyntheticTokens', 'synthetic_loaders', 'masked_mse', 'nt_xent', 'sane_loss', 'row_stats']
 
 # %% ../nbs/06b_losses.ipynb #66befb1b
 class SyntheticTokens(Dataset):
@@ -84,6 +84,11 @@ def nt_xent(
     return F.cross_entropy(sim, target)
 
 # %% ../nbs/06b_losses.ipynb #01b67521
+def _core(model:nn.Module)->SANE:
+    "The SANE inside a DDP and/or `torch.compile` wrapper"
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"): model = getattr(model, "module", None) or model._orig_mod
+    return model
+
 def sane_loss(
     model:nn.Module,   # a SANE (or a DDP / compiled wrapper of one)
     batch:dict,        # the batch contract: x [B,2,W,T], mask [B,W,T], pos [B,W,3]
@@ -98,4 +103,20 @@ def sane_loss(
     z, y, zp = model(xx, pos.repeat(2, 1, 1))
     rec = masked_mse(y, xx, mask.repeat(2, 1, 1))
     con = nt_xent(zp[:B], zp[B:], tau)
-    return gamma*con + (1-gamma)*rec, rec, con
+    loss, core = gamma*con + (1-gamma)*rec, _core(model)
+    if core.stats_head is not None:   # the optional auxiliary loss (below); not part of the published SANE
+        m = mask.repeat(2, 1, 1)
+        t = row_stats(xx.float(), m)
+        loss = loss + core.cfg.stats_head * masked_mse(core.stats_head(z), t, m.any(-1, keepdim=True).expand_as(t))
+    return loss, rec, con
+
+# %% ../nbs/06b_losses.ipynb #b6bb9a01
+def row_stats(
+    x:Tensor,      # tokens [B, N, T]
+    mask:Tensor,   # bool [B, N, T]: True on real entries
+)->Tensor:         # [B, N, 3]: mean, std and root mean square over each token's real entries (0 for padding tokens)
+    "The targets of the auxiliary row-statistics head: first and second moments of every token's real entries"
+    m = mask.to(x.dtype)
+    n = m.sum(-1).clamp_min(1)
+    mean, ms = (x*m).sum(-1)/n, (x*x*m).sum(-1)/n
+    return torch.stack([mean, (ms - mean**2).clamp_min(0).sqrt(), ms.sqrt()], -1)

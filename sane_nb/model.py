@@ -32,6 +32,7 @@ class SaneConfig:
     proj_dim:int=30            # output size of the projection head
     proj_pool:str="flatten"    # "flatten": published head over W*lat (tied to W); "mean": mean over tokens, any length
     final_ln:bool=False        # a LayerNorm after each stack (published: none)
+    stats_head:float=0.0       # weight of the auxiliary row-statistics loss (`row_stats`); 0: no head (published)
 
     def __post_init__(self):
         self.max_positions = [int(p) for p in self.max_positions]
@@ -39,6 +40,7 @@ class SaneConfig:
         if self.d_model % 2: raise ValueError(f"d_model={self.d_model} must be even (position embeddings use d_model/2 each)")
         if len(self.max_positions) != 3: raise ValueError(f"max_positions needs 3 bounds (global, layer, row), got {self.max_positions}")
         if self.proj_pool not in ("flatten", "mean"): raise ValueError(f"proj_pool must be 'flatten' or 'mean', got {self.proj_pool!r}")
+        if not self.stats_head >= 0: raise ValueError(f"stats_head is a loss weight and must be >= 0, got {self.stats_head}")
         if self.lat_dim >= self.tokensize:
             warnings.warn(f"SaneConfig: lat_dim={self.lat_dim} >= tokensize={self.tokensize}: no bottleneck, the autoencoder "
                           f"can copy each token through its latent (identity map) and learn nothing about models; "
@@ -175,6 +177,7 @@ class SANE(nn.Module):
         self.encoder = Transformer(cfg.n_layers, d, cfg.n_heads, cfg.dropout, cfg.final_ln)
         self.decoder = Transformer(cfg.n_layers, d, cfg.n_heads, cfg.dropout, cfg.final_ln)
         self.projection_head = ProjectionHead(cfg.lat_dim, cfg.windowsize, cfg.proj_dim, cfg.proj_pool)
+        self.stats_head = nn.Linear(cfg.lat_dim, 3) if cfg.stats_head > 0 else None  # latent -> [mean, std, rms] of its token
         self.drop = nn.Dropout(cfg.dropout)
         self.apply(_init_weights)
         for n, p in self.named_parameters():

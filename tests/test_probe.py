@@ -227,10 +227,12 @@ def test_embed_std_matches_per_token_latents(tiny_sane):
 def test_bench_probe_zoo_smoke():
     from sane_nb.zoo import fixture_zoo
     from sane_nb.bench_probe import probe_zoo, aggregate, summary_markdown
-    r = probe_zoo(fixture_zoo(), seed=0, steps=20, bs=8, categorical=())
-    assert r["n_steps"] >= 20 and set(r["time_s"]) == {"tokenize", "pretrain", "diagnose_embed", "probe"}
+    from sane_nb.probe import ProbeTable
+    r = probe_zoo(fixture_zoo(), seed=0, epochs=2, bs=8, categorical=())
+    assert r["n_steps"] >= 2 and set(r["time_s"]) == {"tokenize", "pretrain", "diagnose_embed", "probe"}
     assert {"checks", "learned", "retrieval"} <= set(r["diagnosis"])      # every benchmark number comes with its diagnosis
-    agg = aggregate([r["table"]])
+    assert "floor" in r["diagnosis"]["checks"]                             # trained vs untrained SANE is part of "learned"
+    agg = aggregate([ProbeTable(r["table"])])
     assert set(agg) == {"linear", "nonlinear"}
     sane = {"sane", "sane_std", "sane_layers"}
     assert set(agg["linear"]["r2"]) == sane | {f"untrained:{k}" for k in sane} | {"s(W)", "W"}
