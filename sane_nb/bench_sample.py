@@ -55,7 +55,8 @@ def bench_zoo(
     key = hashlib.sha1(json.dumps(model_configs(sz["n_models"], None, kind, 0)).encode()).hexdigest()[:8]
     zoo = make_zoo(folder/f"{kind}_{sz['n_models']}x{sz['epochs']}_{key}", "digits", n_models=sz["n_models"],
                    epochs=sz["epochs"], seed=0, kind=kind, n_workers=1, progress=False)
-    P, tr = zoo.props, zoo.split(seed=42)["train"]
+    P, split = zoo.props, zoo.split(seed=42)
+    tr = split["train"]
     last = [int(i) for i in tr if P["epoch"][i] == sz["epochs"]]
     acts = [P["act"][i] for i in last if P["test_acc"][i] > 0.5] or [P["act"][i] for i in last]
     act = max(set(acts), key=acts.count)
@@ -65,7 +66,8 @@ def bench_zoo(
     by_model = {}
     for i in tr: by_model.setdefault(P["model_id"][i], []).append(int(i))
     sds = _aligned_zoo(zoo, by_model.values(), cand[0])
-    good = [i for i in sds if P["epoch"][i] >= sz["epochs"]//2 and P["test_acc"][i] >= min_acc]
+    is_good = lambda i: P["epoch"][i] >= sz["epochs"]//2 and P["test_acc"][i] >= min_acc
+    good = [i for i in sds if is_good(i)]
     stats = LayerStats.from_state_dicts(sds[i] for i in good)
     prompts = [sds[i] for i in prompt_ids]
     make_model = lambda: make_net(zoo.arch["arch"], **{**zoo.arch["kwargs"], "act": act})
@@ -74,9 +76,14 @@ def bench_zoo(
     t0 = time.time()
     sane = pretrain_for_sampling([sds[i] for i in good], stats, cfg, steps=sz["steps"], bs=sz["bs"])
     t_train = time.time() - t0
-    with tempfile.TemporaryDirectory() as tmp:   # its training checkpoints (this SANE has no validation split)
-        tz = checkpoint_token_zoo([sds[i] for i in good], stats, cfg.tokensize, tmp, [{"test_acc": P["test_acc"][i]} for i in good])
-        diag = diagnose(sane, tz, split="train", floor=False).to_dict()
+    val_by_model = {}                                # the diagnosis is on the zoo's validation models, never trained on
+    for i in split["val"]: val_by_model.setdefault(P["model_id"][i], []).append(int(i))
+    held = _aligned_zoo(zoo, val_by_model.values(), cand[0])
+    held_good = [i for i in held if is_good(i)]
+    with tempfile.TemporaryDirectory() as tmp:
+        tz = checkpoint_token_zoo([sds[i] for i in good] + [held[i] for i in held_good], stats, cfg.tokensize, tmp,
+                                  [{"test_acc": P["test_acc"][i]} for i in good + held_good], n_train=len(good))
+        diag = diagnose(sane, tz, split="val", floor=False).to_dict()
     rec = relative_error(reconstruct(sane, prompts, stats), prompts)
     res = compare_inits(sane, prompts, stats, make_model, data, n=sz["n"], epochs=sz["ft_epochs"],
                         populations=sz["populations"], k=4*sz["n"], init=P["init"][prompt_ids[0]])

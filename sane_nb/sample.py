@@ -47,10 +47,13 @@ def checkpoint_token_zoo(
     tokensize:int,         # token size T
     dest,                  # folder to write the tokens to
     props:list|None=None,  # optional properties per state dict (e.g. {"test_acc": ...}), for diagnostics
+    n_train:int|None=None, # the first `n_train` are the `train` split, the rest `val` (held-out models); None: all `train`
 ):
-    "State dicts as a one-split (`train`) TokenZoo, standardised with `stats`: what the sampling autoencoder trains on"
-    return tokenize_zoo(_Checkpoints(sds, props), dest, tokensize=tokensize, splits={"train": range(len(sds))},
-                        align=False, stats=stats, progress=False)
+    "State dicts as a TokenZoo standardised with `stats`: what the sampling autoencoder trains on, and held-out models"
+    n = len(sds) if n_train is None else n_train
+    if not 0 < n <= len(sds): raise ValueError(f"checkpoint_token_zoo: n_train={n_train} must be in 1..{len(sds)}")
+    splits = {"train": range(n), **({"val": range(n, len(sds))} if n < len(sds) else {})}
+    return tokenize_zoo(_Checkpoints(sds, props), dest, tokensize=tokensize, splits=splits, align=False, stats=stats, progress=False)
 
 def pretrain_for_sampling(
     sds:list,              # training checkpoints (one architecture), e.g. the good ones of the training split

@@ -258,3 +258,7 @@ def test_checkpoint_token_zoo_round_trip(tmp_path, zoo):
     assert np.allclose(tz.props["test_acc"], [0.1*i for i in range(len(sds))])
     back = tz.state_dict(1)
     assert all(torch.allclose(back[k], sds[1][k], atol=1e-5) for k in sds[1])
+    assert list(tz.splits) == ["train"]
+    held = checkpoint_token_zoo(sds, stats, 73, tmp_path/"h", n_train=len(sds) - 1)   # the last model held out
+    assert held.splits["train"].tolist() == list(range(len(sds) - 1)) and held.splits["val"].tolist() == [len(sds) - 1]
+    with pytest.raises(ValueError, match="n_train=0"): checkpoint_token_zoo(sds, stats, 73, tmp_path/"z", n_train=0)
