@@ -13,12 +13,13 @@ __all__ = ['SPECTRAL_FEATURES', 'powerlaw_alpha', 'spectral_features', 'spectral
 
 # %% ../nbs/08b_analysis.ipynb #325f063f
 def powerlaw_alpha(
-    eigs,            # eigenvalues (any order); non-positive ones are ignored
-    min_tail:int=3,  # fewest eigenvalues in the fitted tail
-)->tuple[float, float]: # (alpha, lambda_min); (nan, nan) if there are too few eigenvalues
+    eigs,               # eigenvalues (any order)
+    min_tail:int=3,     # fewest eigenvalues in the fitted tail
+    thresh:float=1e-5,  # eigenvalues at or below this are numerically zero and dropped (WeightWatcher's threshold)
+)->tuple[float, float]: # (alpha, lambda_min); (nan, nan) if fewer than `min_tail` eigenvalues remain
     "Power-law exponent of the tail of a spectrum: MLE for alpha, lambda_min by the Kolmogorov-Smirnov distance"
     x = np.sort(np.asarray(eigs, np.float64))
-    x = x[x > 0]
+    x = x[x > thresh]
     if len(x) < min_tail: return float("nan"), float("nan")
     best = (np.inf, float("nan"), float("nan"))
     for i in range(len(x) - min_tail + 1):
@@ -35,19 +36,27 @@ def powerlaw_alpha(
 # %% ../nbs/08b_analysis.ipynb #1ffcaf4b
 SPECTRAL_FEATURES = ("spectral_norm", "stable_rank", "alpha")
 
+def _matrices(w:torch.Tensor, conv:str)->list:
+    "A layer's weight as the matrices whose singular values describe it"
+    if w.ndim == 4 and conv == "slices": return [w[:, :, i, j] for i in range(w.shape[2]) for j in range(w.shape[3])]
+    if conv not in ("flatten", "slices"): raise ValueError(f"conv must be 'flatten' or 'slices', got {conv!r}")
+    return [w.reshape(w.shape[0], -1)]
+
 def spectral_features(
     sd:dict,              # a state dict
     ignore_bn:bool=False, # as in `tokenize`: whether BatchNorm layers were left out of the layer indices
-)->list[dict]:            # one dict per layer: layer, key, spectral_norm, stable_rank, alpha (nan for 1-D layers)
+    conv:str="flatten",   # convolutions as one out × in·k·k matrix ("flatten"), or k·k slices out × in ("slices", WeightWatcher's)
+)->list[dict]:            # one dict per layer: layer, key, spectral_norm (s_1), stable_rank, alpha (nan for 1-D layers)
     "Spectral features of every tokenized layer's weight matrix (rows = output neurons), in token-layer order"
     rows = []
     for e in token_layout(sd, 0, ignore_bn).entries:
         w = sd[e.key].detach().double()
         r = dict(layer=e.layer, key=e.key, spectral_norm=float("nan"), stable_rank=float("nan"), alpha=float("nan"))
         if w.ndim >= 2:
-            s = torch.linalg.svdvals(w.reshape(w.shape[0], -1))
-            r.update(spectral_norm=float(s[0]), stable_rank=float((s**2).sum()/s[0]**2) if s[0] > 0 else float("nan"),
-                     alpha=powerlaw_alpha((s**2).numpy())[0])
+            lam = torch.cat([torch.linalg.svdvals(m)**2 for m in _matrices(w, conv)])
+            top = float(lam.max())
+            r.update(spectral_norm=top**0.5, stable_rank=float(lam.sum())/top if top > 0 else float("nan"),
+                     alpha=powerlaw_alpha(lam.numpy())[0])
         rows.append(r)
     return rows
 
@@ -55,9 +64,10 @@ def spectral_features(
 def spectral_array(
     sds,                  # an iterable of state dicts of one architecture
     ignore_bn:bool=False, # as in `tokenize`
+    conv:str="flatten",   # as in `spectral_features`
 )->np.ndarray:            # [n, L, 3]: spectral_norm, stable_rank, alpha per layer
     "Spectral features of every layer of every state dict"
-    return np.array([[[r[f] for f in SPECTRAL_FEATURES] for r in spectral_features(sd, ignore_bn)] for sd in sds])
+    return np.array([[[r[f] for f in SPECTRAL_FEATURES] for r in spectral_features(sd, ignore_bn, conv)] for sd in sds])
 
 # %% ../nbs/08b_analysis.ipynb #703e4143
 def plot_layers(

@@ -54,3 +54,25 @@ def test_pages_cite_only_what_the_project_holds():
         for name in set(re.findall(r"\b([A-Z][A-Z0-9_-]+\.md)\b", text)):
             if not any(ROOT.glob(f"**/{name}")): bad.append(f"{f.relative_to(ROOT)} cites {name}")
     assert not bad, bad
+
+
+def test_spectral_features_match_weightwatcher():
+    """Where WeightWatcher is installed (an optional dev dependency): the same stable rank and alpha, its spectral norm
+    squared, convolutions in its per-position slices, and a failed fit (nan / -1) for a rank-1 layer"""
+    ww = pytest.importorskip("weightwatcher")
+    import logging, math
+    import torch
+    from sane_nb.analysis import spectral_features
+    logging.disable(logging.WARNING)
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(8, 24, 3), torch.nn.Flatten(), torch.nn.Linear(60, 120), torch.nn.Linear(120, 30))
+    with torch.no_grad(): m[3].weight.copy_(torch.randn(30, 1) @ torch.randn(1, 120))
+    d = ww.WeightWatcher(model=m).analyze(conv2d_norm=False)   # by default it scales conv slices by sqrt(1/2)
+    ours = spectral_features(m.state_dict(), conv="slices")
+    for (_, w), o in zip(d.iterrows(), ours):
+        if w["alpha"] == -1:                                  # WeightWatcher's failed fit
+            assert math.isnan(o["alpha"]); continue
+        assert math.isclose(o["alpha"], w["alpha"], rel_tol=1e-6), (o, dict(w))
+        assert math.isclose(o["stable_rank"], w["stable_rank"], rel_tol=1e-6)
+        assert math.isclose(o["spectral_norm"]**2, w["spectral_norm"], rel_tol=1e-6)
+    assert math.isnan(ours[2]["alpha"])
