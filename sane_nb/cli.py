@@ -4,7 +4,7 @@
 
 # %% ../nbs/10b_cli.ipynb #6cf55413
 from __future__ import annotations
-import importlib, json
+import importlib, inspect, json
 from pathlib import Path
 from fastcore.script import call_parse, Param
 
@@ -30,11 +30,19 @@ def sane_bench(
     stage:Param("stage to measure", str, choices=BENCH_STAGES),
     quick:bool=False, # reduced size: about 3 minutes on 2 CPU cores
     out:str=None, # also write the JSON summary to this file
+    size:str=None, # a named size of the benchmark, where it has several (probe: quick/mid/full; parity: quick/full/hyper)
+    variants:str=None, # comma-separated SANE variants measured side by side (probe: sane,stats,g0.3,stats_g0.3)
+    stats_head:float=None, # weight of the auxiliary row-statistics head (parity)
 ):
     "Benchmark one stage of SANE; the last line printed is the summary as JSON"
     try: mod = bench_module(stage)
     except ValueError as e: raise SystemExit(f"sane_bench: {e}") from None
-    mod.run(quick=quick, out=out)  # returns the summary; a console script must not hand it to sys.exit
+    kw = {k: v for k, v in dict(size=size, variants=tuple(variants.split(",")) if variants else None, stats_head=stats_head).items()
+          if v is not None}
+    if bad := [k for k in kw if k not in inspect.signature(mod.run).parameters]:
+        raise SystemExit(f"sane_bench {stage}: this benchmark has no option {', '.join('--' + k for k in bad)}")
+    try: mod.run(quick=quick, out=out, **kw)  # returns the summary; a console script must not hand it to sys.exit
+    except ValueError as e: raise SystemExit(f"sane_bench {stage}: {e}") from None
 
 # %% ../nbs/10b_cli.ipynb #e18017dc
 def with_config(

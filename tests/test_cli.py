@@ -33,6 +33,12 @@ def test_clear_errors(tmp_path):
     assert res.returncode != 0 and "not a run folder" in res.stderr and "Traceback" not in res.stderr
     res = sh("sane_bench", "speed", ok=False)
     assert res.returncode != 0 and "invalid choice" in res.stderr
+    res = sh("sane_bench", "zoo", "--variants", "stats", ok=False)
+    assert "sane_bench zoo: this benchmark has no option --variants" in res.stderr and "Traceback" not in res.stderr
+    res = sh("sane_bench", "probe", "--size", "huge", ok=False)
+    assert "unknown size 'huge'" in res.stderr and "Traceback" not in res.stderr
+    res = sh("sane_bench", "probe", "--variants", "sane,magic", ok=False)
+    assert "unknown variants ['magic']" in res.stderr
     bad = tmp_path/"bad.json"; bad.write_text('{"stepz": 3}')
     res = sh("sane_pretrain", tmp_path/"zoo", tmp_path/"run", "--config", bad, ok=False)
     assert "unknown options ['stepz']" in res.stderr
