@@ -21,11 +21,54 @@ from nbdev.config import get_config
 from nbdev.serve import proc_nbs
 
 _NAV_CSS = """<style>
-.sane-nav{position:sticky;top:0;z-index:10;background:#2c3e50;padding:.5em 1em;font-family:sans-serif}
-.sane-nav a{color:#ecf0f1;margin-right:1.1em;text-decoration:none}.sane-nav a.here{font-weight:bold;text-decoration:underline}
-body .jp-Notebook{max-width:1050px;margin:0 auto}
+.sane-nav{position:fixed;top:0;left:0;bottom:0;width:15em;overflow-y:auto;background:#2c3e50;padding:1em .8em;font-family:sans-serif;font-size:.9em;z-index:10}
+.sane-nav h4{color:#95a5a6;text-transform:uppercase;font-size:.75em;letter-spacing:.08em;margin:1.2em 0 .3em}
+.sane-nav a{display:block;color:#ecf0f1;text-decoration:none;padding:.15em 0}.sane-nav a.here{font-weight:bold;text-decoration:underline}
+.sane-toc{position:fixed;top:1em;right:1em;width:13em;max-height:90vh;overflow-y:auto;font-family:sans-serif;font-size:.8em;border-left:2px solid #ddd;padding-left:.7em}
+.sane-toc a{display:block;color:#2c3e50;text-decoration:none;padding:.1em 0}.sane-toc a.h3{padding-left:1em}
+body .jp-Notebook{max-width:1000px;margin:0 15em 0 16em}
+@media (max-width:1300px){.sane-toc{display:none} body .jp-Notebook{margin-right:1em}}
 .sane-desc{font-size:1.15em;color:#555;margin-bottom:1.5em}
 </style>"""
+
+# the page's contents, built in the browser from its own h2/h3 headings (no network needed)
+_TOC_JS = """<script>
+document.addEventListener("DOMContentLoaded", function(){
+  var hs = document.querySelectorAll(".jp-Notebook h2[id], .jp-Notebook h3[id]"), box = document.getElementById("sane-toc");
+  if (!box || hs.length < 2) return;
+  box.innerHTML = "<b>On this page</b>";
+  hs.forEach(function(h){ var a = document.createElement("a"); a.href = "#" + h.id; a.className = h.tagName.toLowerCase();
+    a.textContent = h.textContent.replace(/\u00b6$/, ""); box.appendChild(a); });
+});
+</script>"""
+
+HOSTED = "https://sane-nb.github.io/sane_nb/"          # where nbdev_docs publishes the site
+SOURCE = "https://github.com/sane-nb/sane_nb/blob/main/"  # where the source links of show_doc point
+
+def section(out:str)->str:
+    "The navigation section of a page"
+    p = Path(out)
+    if p.stem == "index" and len(p.parts) == 1: return "Start"
+    if p.parts[0] == "tutorials": return "Tutorials"
+    if p.stem.startswith("bench_"): return "Benchmarks"
+    return "Stages"
+
+def offline_links(html:str, depth:str)->str:
+    "Links that resolve in the offline build: hosted pages become relative, source links point to the copied sources"
+    html = html.replace(f'href="{HOSTED}', f'href="{depth}')
+    html = re.sub(rf'href="{re.escape(SOURCE)}([^"#]+)(#[^"]*)?"', lambda m: f'href="{depth}source/{m.group(1)}"', html)
+    html = re.sub(r'<script[^>]*src="https://cdnjs\.cloudflare\.com/ajax/libs/require\.js/[^"]*"[^>]*></script>', "", html)  # widgets only
+    # MathJax 2.7 as jupyter-server-mathjax ships it (its combined configuration for TeX is TeX-AMS-MML_HTMLorMML)
+    return re.sub(r'src="https://cdnjs\.cloudflare\.com/ajax/libs/mathjax/[^"]*"',
+                  f'src="{depth}mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe"', html)
+
+def copy_assets(docs:Path, root:Path):
+    "MathJax (from the installed jupyter-server-mathjax package) and the package sources, so the site works offline"
+    import jupyter_server_mathjax
+    mj = Path(jupyter_server_mathjax.__file__).parent/"static"
+    shutil.copytree(mj, docs/"mathjax", ignore=shutil.ignore_patterns("png", "*.png"))
+    for f in (root/"sane_nb").glob("*.py"):
+        (docs/"source"/"sane_nb").mkdir(parents=True, exist_ok=True); shutil.copy(f, docs/"source"/"sane_nb"/f.name)
 
 def front_matter(nb):
     "title, description, output file from the raw front-matter cell nbdev's processor writes"
@@ -86,6 +129,7 @@ def build(root=None):
     if problems: sys.exit("Notebook cells with errors, not publishing:\n" + "\n".join(problems))
     pages.sort(key=lambda p: page_order(p[3].relative_to(proc)))
     nav_items = [(out, fm.get("title", Path(out).stem)) for out, fm, _, _ in pages]
+    copy_assets(docs, root)
     exporter = HTMLExporter(template_name="lab", exclude_input_prompt=True, exclude_output_prompt=True)
     for out, fm, nb, src in pages:
         title = fm.get("title", Path(out).stem)
@@ -93,9 +137,12 @@ def build(root=None):
         nb.cells.insert(0, nbformat.v4.new_markdown_cell(head))
         html, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": f"{title} – sane_nb"}})
         depth = "../" * (len(Path(out).parts) - 1)
-        nav = "".join(f'<a href="{depth}{o}"{" class=here" if o == out else ""}>{t}</a>' for o, t in nav_items)
-        html = html.replace("</head>", _NAV_CSS + "</head>", 1)
-        html = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + f'<nav class="sane-nav">{nav}</nav>', html, count=1)
+        nav = ""
+        for sec in ("Start", "Stages", "Tutorials", "Benchmarks"):
+            items = [(o, t) for o, t in nav_items if section(o) == sec]
+            if items: nav += f"<h4>{sec}</h4>" + "".join(f'<a href="{depth}{o}"{" class=here" if o == out else ""}>{t}</a>' for o, t in items)
+        html = offline_links(html.replace("</head>", _NAV_CSS + _TOC_JS + "</head>", 1), depth)
+        html = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + f'<nav class="sane-nav">{nav}</nav><div id="sane-toc" class="sane-toc"></div>', html, count=1)
         dest = docs/out
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(html, encoding="utf-8")
