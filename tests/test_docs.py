@@ -77,3 +77,9 @@ def test_links_resolve_offline():
             if not (page.parent/u).exists(): dead.append(f"{page.relative_to(DOCS)} -> {u}")
     assert not dead, dead[:20]
     assert not remote, remote[:20]
+
+def test_subtitles_are_whole_and_unescaped():
+    "A page's subtitle is its whole description, with YAML escapes decoded"
+    if not DOCS.exists(): pytest.skip("docs not built")
+    html = (DOCS/"bench_probe.html").read_text(encoding="utf-8")
+    assert "R² and Kendall τ" in html and "over 3 seeds." in html and "\\xB2" not in html

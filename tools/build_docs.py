@@ -74,10 +74,9 @@ def front_matter(nb):
     "title, description, output file from the raw front-matter cell nbdev's processor writes"
     fm = {}
     if nb.cells and nb.cells[0].cell_type == "raw":
-        text = nb.cells[0].source
-        for key in ("title", "description", "output-file"):
-            m = re.search(rf"^{key}:\s*(.+?)(?=^\S|\Z)", text, re.M | re.S)
-            if m: fm[key] = " ".join(m.group(1).split()).strip("'\"")
+        import yaml    # the front matter is YAML: quoted, escaped (\xB2, \u03C4) and folded over lines
+        meta = yaml.safe_load(nb.cells[0].source.strip().strip("-")) or {}
+        fm = {k: " ".join(str(meta[k]).split()) for k in ("title", "description", "output-file") if k in meta}
         nb.cells = nb.cells[1:]
     return fm
 
