@@ -40,7 +40,7 @@ def _net_sd(arch:str, seed:int)->dict:
 
 # %% ../nbs/91_bench_tokenize.ipynb #ab232aca
 def _rowloop_tokenize(sd, T):
-    "Reference tokenizer: the §2.4 algorithm with a loop over rows"
+    "Reference tokenizer: the published algorithm, with a loop over rows"
     toks, masks, pos, layer = [], [], [], 0
     for k, w in sd.items():
         if not any(s in k for s in ("weight", "running_mean", "running_var")): continue
