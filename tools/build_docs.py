@@ -48,7 +48,7 @@ SOURCE = "https://github.com/sane-nb/sane_nb/blob/main/"  # where the source lin
 def section(out:str)->str:
     "The navigation section of a page"
     p = Path(out)
-    if p.stem == "index" and len(p.parts) == 1: return "Start"
+    if (p.stem == "index" and len(p.parts) == 1) or p.stem == "method": return "Start"
     if p.parts[0] == "tutorials": return "Tutorials"
     if p.stem.startswith("bench_"): return "Benchmarks"
     return "Stages"
