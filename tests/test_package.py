@@ -76,3 +76,9 @@ def test_spectral_features_match_weightwatcher():
         assert math.isclose(o["stable_rank"], w["stable_rank"], rel_tol=1e-6)
         assert math.isclose(o["spectral_norm"]**2, w["spectral_norm"], rel_tol=1e-6)
     assert math.isnan(ours[2]["alpha"])
+
+
+def test_notebooks_stay_small():
+    "Figures are small PNGs: no notebook reaches 1 MB"
+    big = [f"{f.relative_to(ROOT)}: {f.stat().st_size/1e6:.2f} MB" for f in ROOT.glob("nbs/**/*.ipynb") if f.stat().st_size >= 1e6]
+    assert not big, big
