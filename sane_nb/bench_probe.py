@@ -19,7 +19,7 @@ from .bench_parity import parity_config, padding_gamma
 from .diagnose import diagnose, untrained_representations
 
 # %% auto #0
-__all__ = ['SIZES', 'SEEDS', 'VARIANTS', 'bench_zoo', 'probe_zoo', 'aggregate', 'summary_markdown', 'run']
+__all__ = ['SIZES', 'SEEDS', 'VARIANTS', 'bench_zoo', 'probe_zoo', 'aggregate', 'summary_markdown', 'compare_markdown', 'run']
 
 # %% ../nbs/93_bench_probe.ipynb #750212ef
 SIZES = {
@@ -103,6 +103,21 @@ def summary_markdown(
             for rep, d in ms.get(metric, {}).items():
                 cells = [f"{d[t]:.3f} ± {d[t + '_std']:.3f}" if t in d else "" for t in targets]
                 lines.append(f"| {zoo} | {fam} | {rep} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+# %% ../nbs/93_bench_probe.ipynb #06e7d4ac
+def compare_markdown(
+    summary:dict,           # what `run` returns (or its JSON file, loaded)
+    target:str="test_acc",  # the property
+    metric:str="r2",        # "r2" or "tau"
+    zoos=("hyper", "seed", "hyper_e1", "seed_e1"), # columns (those present), each with both probe families
+)->str:                     # a markdown table, mean ± std over seeds
+    "One target of the benchmark summary: representations × (zoo, probe family)"
+    cols = [(z, f) for z in zoos if z in summary for f in ("linear", "nonlinear") if f in summary[z]]
+    reps = list(dict.fromkeys(r for z, f in cols for r in summary[z][f][metric]))
+    cell = lambda d: f"{d[target]:.3f} ± {d[target + '_std']:.3f}" if d and target in d else ""
+    lines = ["| representation | " + " | ".join(f"{z} {f}" for z, f in cols) + " |", "|---|" + "---|"*len(cols)]
+    lines += [f"| {r} | " + " | ".join(cell(summary[z][f][metric].get(r)) for z, f in cols) + " |" for r in reps]
     return "\n".join(lines)
 
 # %% ../nbs/93_bench_probe.ipynb #00dac5c0

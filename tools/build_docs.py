@@ -26,8 +26,9 @@ _NAV_CSS = """<style>
 .sane-nav a{display:block;color:#ecf0f1;text-decoration:none;padding:.15em 0}.sane-nav a.here{font-weight:bold;text-decoration:underline}
 .sane-toc{position:fixed;top:1em;right:1em;width:13em;max-height:90vh;overflow-y:auto;font-family:sans-serif;font-size:.8em;border-left:2px solid #ddd;padding-left:.7em}
 .sane-toc a{display:block;color:#2c3e50;text-decoration:none;padding:.1em 0}.sane-toc a.h3{padding-left:1em}
-body .jp-Notebook{max-width:1000px;margin:0 15em 0 16em}
-@media (max-width:1300px){.sane-toc{display:none} body .jp-Notebook{margin-right:1em}}
+body{padding:0 15em 0 16em !important;margin:0 !important}
+body .jp-Notebook{max-width:1000px;margin:0 auto !important}
+@media (max-width:1300px){.sane-toc{display:none} body{padding-right:1em !important}}
 .sane-desc{font-size:1.15em;color:#555;margin-bottom:1.5em}
 </style>"""
 
