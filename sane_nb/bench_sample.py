@@ -4,7 +4,7 @@
 
 # %% ../nbs/94_bench_sample.ipynb #a3fe65c0
 from __future__ import annotations
-import hashlib, json, tempfile, time
+import hashlib, json, tempfile, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +80,7 @@ def bench_zoo(
     for i in split["val"]: val_by_model.setdefault(P["model_id"][i], []).append(int(i))
     held = _aligned_zoo(zoo, val_by_model.values(), cand[0])
     held_good = [i for i in held if is_good(i)]
+    if not held_good: warnings.warn(f"bench_sample: no validation checkpoint of the {kind} zoo is good enough; diagnosing on training checkpoints")
     with tempfile.TemporaryDirectory() as tmp:
         tz = checkpoint_token_zoo([sds[i] for i in good] + [held[i] for i in held_good], stats, cfg.tokensize, tmp,
                                   [{"test_acc": P["test_acc"][i]} for i in good + held_good], n_train=len(good))

@@ -41,8 +41,11 @@ def sane_bench(
           if v is not None}
     if bad := [k for k in kw if k not in inspect.signature(mod.run).parameters]:
         raise SystemExit(f"sane_bench {stage}: this benchmark has no option {', '.join('--' + k for k in bad)}")
-    try: mod.run(quick=quick, out=out, **kw)  # returns the summary; a console script must not hand it to sys.exit
-    except ValueError as e: raise SystemExit(f"sane_bench {stage}: {e}") from None
+    if size is not None and size not in getattr(mod, "SIZES", {}):     # checked before any work; later errors keep their traceback
+        raise SystemExit(f"sane_bench {stage}: unknown size {size!r}; choose one of {sorted(getattr(mod, 'SIZES', {}))}")
+    if bad := [v for v in kw.get("variants", ()) if v not in getattr(mod, "VARIANTS", {})]:
+        raise SystemExit(f"sane_bench {stage}: unknown variants {bad}; choose from {sorted(getattr(mod, 'VARIANTS', {}))}")
+    mod.run(quick=quick, out=out, **kw)  # returns the summary; a console script must not hand it to sys.exit
 
 # %% ../nbs/10b_cli.ipynb #e18017dc
 def with_config(

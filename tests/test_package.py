@@ -69,6 +69,7 @@ def test_spectral_features_match_weightwatcher():
     with torch.no_grad(): m[3].weight.copy_(torch.randn(30, 1) @ torch.randn(1, 120))
     d = ww.WeightWatcher(model=m).analyze(conv2d_norm=False)   # by default it scales conv slices by sqrt(1/2)
     ours = spectral_features(m.state_dict(), conv="slices")
+    assert len(d) == len(ours), (len(d), len(ours))
     for (_, w), o in zip(d.iterrows(), ours):
         if w["alpha"] == -1:                                  # WeightWatcher's failed fit
             assert math.isnan(o["alpha"]); continue
