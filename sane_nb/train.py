@@ -455,7 +455,7 @@ def zoo_config(
 def pretrain_on_zoo(
     tz,                    # a `sane_nb.dataset.TokenZoo` (tokenized, standardised, with splits)
     cfg:SaneConfig|None=None, # the architecture; None = `zoo_config(tz)`
-    steps:int=256,         # optimisation steps (the budget; rounded up to whole batches of one epoch)
+    steps:int=256,         # optimisation steps (the budget, exactly)
     bs:int=32,             # batch size
     lr:float=3e-3,         # peak learning rate of the one-cycle schedule
     seed:int=0,            # seed of the model and of the windows
@@ -470,6 +470,7 @@ def pretrain_on_zoo(
     torch.manual_seed(seed)
     n = len(tz.splits.get(split, ()))
     ds = TokenDataset(tz, split, cfg.windowsize, supersample=math.ceil(steps*bs/max(n, 1)), noise=noise, permute=permute)
+    ds = torch.utils.data.Subset(ds, range(steps*bs))   # exactly `steps` batches; sample i is checkpoint i mod n, so all are used alike
     dl = DataLoader(ds, bs, shuffle=True, drop_last=True, collate_fn=collate_windows)
     learn = pretrain(cfg, dl, epochs=1, lr=lr, seed=seed, **{"progress": False, "plot": False, **kwargs})
     return learn.raw_model.cpu().eval(), list(learn.metrics.losses)
