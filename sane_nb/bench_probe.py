@@ -4,7 +4,7 @@
 
 # %% ../nbs/93_bench_probe.ipynb #2d65e6ba
 from __future__ import annotations
-import json, tempfile, time
+import hashlib, json, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -114,25 +114,26 @@ def compare_markdown(
 )->str:                     # a markdown table, mean ± std over seeds
     "One target of the benchmark summary: representations × (zoo, probe family)"
     cols = [(z, f) for z in zoos if z in summary for f in ("linear", "nonlinear") if f in summary[z]]
-    reps = list(dict.fromkeys(r for z, f in cols for r in summary[z][f][metric]))
+    reps = list(dict.fromkeys(r for z, f in cols for r in summary[z][f].get(metric, {})))
     cell = lambda d: f"{d[target]:.3f} ± {d[target + '_std']:.3f}" if d and target in d else ""
     lines = ["| representation | " + " | ".join(f"{z} {f}" for z, f in cols) + " |", "|---|" + "---|"*len(cols)]
-    lines += [f"| {r} | " + " | ".join(cell(summary[z][f][metric].get(r)) for z, f in cols) + " |" for r in reps]
+    lines += [f"| {r} | " + " | ".join(cell(summary[z][f].get(metric, {}).get(r)) for z, f in cols) + " |" for r in reps]
     return "\n".join(lines)
 
 # %% ../nbs/93_bench_probe.ipynb #00dac5c0
 def _job(args):
     "One (zoo, variant, seed) of the benchmark, cached in `dest` so that a rerun resumes"
     zoo_path, seed, epochs, variant, untrained, dest = args
+    torch.set_num_threads(1)   # jobs run side by side, one thread each
     if dest.exists(): return load_json(dest)
     res = probe_zoo(load_zoo(zoo_path), seed, epochs, untrained=untrained, **variant)
     save_json(res, dest)
     return res
 
-def _named(rows:list, prefix:str)->ProbeTable:
-    "Probe rows with the representations of a variant renamed `prefix:name` (the published variant keeps its names)"
-    if not prefix: return ProbeTable(rows)
-    return ProbeTable({**r, "representation": f"{prefix}:{r['representation']}"} for r in rows
+def _named(rows:list, variant:str)->ProbeTable:
+    "A variant's probe rows: `sane` (the published SANE, with the baselines and the floor) as is, another's SANE rows as `variant:name`"
+    if variant == "sane": return ProbeTable(rows)
+    return ProbeTable({**r, "representation": f"{variant}:{r['representation']}"} for r in rows
                       if not r["representation"].startswith("untrained:") and r["representation"] not in ("s(W)", "W"))
 
 def run(
@@ -151,8 +152,10 @@ def run(
     size, t0, res = SIZES[name], time.time(), {}
     folder = Path(folder or cache_path()/"bench_probe")
     zoos = {kind: bench_zoo(kind, **size[kind], folder=folder) for kind in ("hyper", "seed")}
-    jobs = [(zoos[k].path, s, size["epochs"], VARIANTS[v], v == variants[0],
-             folder/"results"/f"{name}_{k}_{v}_e{size['epochs']}_s{s}.json") for k in zoos for v in variants for s in seeds]
+    if "sane" not in variants: variants = ("sane", *variants)   # the published SANE: baselines, floor and reference
+    tag = lambda v: hashlib.sha1(json.dumps(VARIANTS[v], sort_keys=True).encode()).hexdigest()[:6]   # the variant's settings
+    jobs = [(zoos[k].path, s, size["epochs"], VARIANTS[v], v == "sane",
+             folder/"results"/f"{name}_{k}_{v}-{tag(v)}_e{size['epochs']}_s{s}.json") for k in zoos for v in variants for s in seeds]
     if n_workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
@@ -169,7 +172,7 @@ def run(
     for kind, zoo in zoos.items():
         by_v = {v: [next(it) for _ in seeds] for v in variants}
         for t, key in (("table", kind), ("table_e1", kind + "_e1")):
-            res[key] = aggregate([ProbeTable(sum((list(_named(by_v[v][i][t], "" if v == variants[0] else v)) for v in variants), []))
+            res[key] = aggregate([ProbeTable(sum((list(_named(by_v[v][i][t], v)) for v in variants), []))
                                   for i in range(len(seeds))])
         meta[kind] = dict(zoo=repr(zoo), n_checkpoints=len(zoo), n_steps={v: r[0]["n_steps"] for v, r in by_v.items()},
                           pretrain_loss={v: [x["loss"] for x in r] for v, r in by_v.items()},
