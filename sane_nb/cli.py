@@ -19,10 +19,10 @@ def bench_module(stage:str):
     "The benchmark module of `stage`, with a clear error for an unknown or not-yet-written stage"
     if stage not in BENCH_STAGES:
         raise ValueError(f"unknown benchmark stage {stage!r}; choose one of: {', '.join(BENCH_STAGES)}")
-    try: return importlib.import_module(f"sane_nb.bench_{stage}")
+    try: return importlib.import_module(f"sane_nb.bench.{stage}")
     except ModuleNotFoundError as e:
-        if e.name != f"sane_nb.bench_{stage}": raise
-        raise ValueError(f"the {stage!r} benchmark (sane_nb.bench_{stage}) is not available in this version") from None
+        if e.name != f"sane_nb.bench.{stage}": raise
+        raise ValueError(f"the {stage!r} benchmark (sane_nb.bench.{stage}) is not available in this version") from None
 
 # %% ../nbs/10b_cli.ipynb #a8d307d8
 @call_parse

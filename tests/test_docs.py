@@ -81,5 +81,5 @@ def test_links_resolve_offline():
 def test_subtitles_are_whole_and_unescaped():
     "A page's subtitle is its whole description, with YAML escapes decoded"
     if not DOCS.exists(): pytest.skip("docs not built")
-    html = (DOCS/"bench_probe.html").read_text(encoding="utf-8")
+    html = (DOCS/"bench"/"probe.html").read_text(encoding="utf-8")
     assert "R² and Kendall τ" in html and "over 3 seeds." in html and "\\xB2" not in html

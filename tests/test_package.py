@@ -18,7 +18,7 @@ def _requirements():
 def test_every_third_party_import_is_declared():
     "An import the package makes must be a declared requirement (a transitive one can vanish with a release)"
     mods = set()
-    for f in (ROOT/"sane_nb").glob("*.py"):
+    for f in (ROOT/"sane_nb").rglob("*.py"):
         for n in ast.walk(ast.parse(f.read_text())):
             if isinstance(n, ast.Import): mods |= {a.name.split(".")[0] for a in n.names}
             elif isinstance(n, ast.ImportFrom) and n.level == 0 and n.module: mods.add(n.module.split(".")[0])
@@ -38,7 +38,9 @@ def test_sdist_installs_and_imports(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
                         str(tmp_path/"site"), str(sdist)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    mods = sorted(p.stem for p in (tmp_path/"site"/"sane_nb").glob("*.py") if p.stem != "__init__")
+    pkg = tmp_path/"site"/"sane_nb"
+    mods = sorted(".".join(p.relative_to(pkg).with_suffix("").parts) for p in pkg.rglob("*.py") if p.stem != "__init__")
+    assert "bench.probe" in mods and "probe" in mods, mods
     code = "import importlib, sane_nb; [importlib.import_module('sane_nb.' + m) for m in %r]; print(sane_nb.__file__)" % mods
     r = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(tmp_path/"site"), "PATH": "/usr/bin:/bin"},
                        capture_output=True, text=True, cwd=tmp_path)

@@ -226,7 +226,7 @@ def test_embed_std_matches_per_token_latents(tiny_sane):
 # ---------------------------------------------------------------- benchmark
 def test_bench_probe_zoo_smoke():
     from sane_nb.zoo import fixture_zoo
-    from sane_nb.bench_probe import probe_zoo, aggregate, summary_markdown
+    from sane_nb.bench.probe import probe_zoo, aggregate, summary_markdown
     from sane_nb.probe import ProbeTable
     r = probe_zoo(fixture_zoo(), seed=0, epochs=2, bs=8, categorical=())
     assert r["n_steps"] >= 2 and set(r["time_s"]) == {"tokenize", "pretrain", "diagnose_embed", "probe"}

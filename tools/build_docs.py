@@ -51,7 +51,8 @@ def section(out:str)->str:
     p = Path(out)
     if (p.stem == "index" and len(p.parts) == 1) or p.stem == "method": return "Start"
     if p.parts[0] == "tutorials": return "Tutorials"
-    if p.stem.startswith("bench_"): return "Benchmarks"
+    if "old_names" in p.parts: return None              # deprecation aliases: built, not listed
+    if p.parts[0] == "bench": return "Benchmarks"
     return "Stages"
 
 def offline_links(html:str, depth:str)->str:
@@ -68,8 +69,9 @@ def copy_assets(docs:Path, root:Path):
     import jupyter_server_mathjax
     mj = Path(jupyter_server_mathjax.__file__).parent/"static"
     shutil.copytree(mj, docs/"mathjax", ignore=shutil.ignore_patterns("png", "*.png"))
-    for f in (root/"sane_nb").glob("*.py"):
-        (docs/"source"/"sane_nb").mkdir(parents=True, exist_ok=True); shutil.copy(f, docs/"source"/"sane_nb"/f.name)
+    for f in (root/"sane_nb").rglob("*.py"):
+        dest = docs/"source"/f.relative_to(root)
+        dest.parent.mkdir(parents=True, exist_ok=True); shutil.copy(f, dest)
 
 def front_matter(nb):
     "title, description, output file from the raw front-matter cell nbdev's processor writes"
