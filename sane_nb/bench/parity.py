@@ -107,7 +107,8 @@ def _one(args):
 def run(
     quick:bool=False,      # a small zoo and budget (minutes): checks that the benchmark works, not parity
     out:str|None=None,     # also write the summary JSON here
-    folder:str|None=None,  # cache of the zoo and per-seed results (default `cache_path()/'bench_parity'`)
+    folder:str|None=None,  # cache of the zoo and per-seed results (default `cache_path()/'bench_parity'`); a rerun
+                           # resumes from it: delete its `results/` to measure again after changing the code
     seeds=(0, 1, 2),       # SANE and split seeds
     gamma:float=0.05,      # the published γ (converted with `padding_gamma`)
     stats_head:float=0.0,  # weight of the auxiliary row-statistics head (0: the published SANE; an ablation otherwise)
