@@ -5,7 +5,7 @@
 # %% ../nbs/06_model.ipynb #bc5f846a
 from __future__ import annotations
 import json, math, warnings
-from dataclasses import dataclass, field, asdict, fields
+from dataclasses import dataclass, field, asdict, fields, replace
 from pathlib import Path
 
 import torch
@@ -15,7 +15,8 @@ from torch import nn, Tensor
 from .core import save_json, load_json
 
 # %% auto #0
-__all__ = ['SaneConfig', 'PositionEmbeddings', 'SelfAttention', 'Block', 'Transformer', 'ProjectionHead', 'SANE', 'param_counts']
+__all__ = ['PRESETS', 'SaneConfig', 'fit_config', 'PositionEmbeddings', 'SelfAttention', 'Block', 'Transformer', 'ProjectionHead',
+           'SANE', 'param_counts']
 
 # %% ../nbs/06_model.ipynb #32696fb0
 @dataclass
@@ -78,6 +79,28 @@ def _tiny(cls)->SaneConfig:
     return cls(tokensize=16, d_model=32, n_heads=2, n_layers=1, lat_dim=8, windowsize=8, max_positions=[64, 8, 16])
 
 SaneConfig.paper_cnn, SaneConfig.paper_resnet18, SaneConfig.tiny = map(classmethod, (_paper_cnn, _paper_resnet18, _tiny))
+
+# %% ../nbs/06_model.ipynb #3fcbfde0
+PRESETS = {"tiny": SaneConfig.tiny,
+           "small": lambda: replace(SaneConfig.tiny(), tokensize=73, d_model=64, n_heads=4, n_layers=2, lat_dim=16, windowsize=64),
+           "digits": lambda: SaneConfig(tokensize=73, d_model=128, n_heads=4, n_layers=2, lat_dim=32, windowsize=64,
+                                        max_positions=[64, 8, 32]),  # the published configuration for small CNNs
+           "paper_cnn": SaneConfig.paper_cnn, "paper_resnet18": SaneConfig.paper_resnet18}
+
+def fit_config(
+    tz,                     # a tokenized zoo (`TokenZoo`): only its token shape and positions are read
+    preset:str|SaneConfig="small", # a key of `PRESETS`, or a config to fit
+    windowsize:int|None=None, # tokens per window; 0 = the whole sequence; None = the preset's (capped at the sequence)
+    **overrides,            # any other `SaneConfig` field
+)->SaneConfig:
+    "A SANE config of `preset` with token size and position tables fitted to a tokenized zoo"
+    if isinstance(preset, SaneConfig): base, name = preset, ""
+    elif preset in PRESETS: base, name = PRESETS[preset](), preset
+    else: raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    n_tokens = tz.tokens.shape[1]
+    fit = [max(int(tz.pos[:, k].max()) + 1, p if name.startswith("paper") else 0) for k, p in enumerate(base.max_positions)]
+    w = n_tokens if windowsize == 0 else min(windowsize or base.windowsize, n_tokens)
+    return replace(base, tokensize=tz.tokens.shape[-1], max_positions=fit, windowsize=w, **overrides)
 
 # %% ../nbs/06_model.ipynb #78e1dcc2
 _POS_NAMES = ("global index", "layer", "row")

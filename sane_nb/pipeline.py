@@ -15,7 +15,7 @@ from .data import load_dataset
 from .nets import make_net
 from .zoo import load_zoo, make_zoo, zoo_images
 from .dataset import tokenize_zoo, load_token_zoo
-from .model import SaneConfig
+from .model import SaneConfig, PRESETS, fit_config
 from .probe import predict_properties, representations
 from .train import pretrain_on_zoo, load_sane, latest_checkpoint
 from .diagnose import Diagnosis, diagnose, untrained_representations
@@ -24,30 +24,7 @@ from .evaluate import compare_inits, summarize, plot_curves, holdout, noise_base
 from .sample import sample_models, reconstruct, relative_error
 
 # %% auto #0
-__all__ = ['PRESETS', 'DEMO_SIZES', 'fit_config', 'pretrain_run', 'Run', 'load_run', 'probe_run', 'sample_run', 'demo',
-           'demo_report']
-
-# %% ../nbs/10_pipeline.ipynb #7edcb4a7
-PRESETS = {"tiny": SaneConfig.tiny,
-           "small": lambda: dataclasses.replace(SaneConfig.tiny(), tokensize=73, d_model=64, n_heads=4, n_layers=2, lat_dim=16,
-                                                windowsize=64),  # tokensize: the digits CNN's; `fit_config` fits it to the zoo
-           "digits": lambda: SaneConfig(tokensize=73, d_model=128, n_heads=4, n_layers=2, lat_dim=32, windowsize=64,
-                                        max_positions=[64, 8, 32]),  # the published configuration for small CNNs
-           "paper_cnn": SaneConfig.paper_cnn, "paper_resnet18": SaneConfig.paper_resnet18}
-
-def fit_config(
-    tz,                     # a `TokenZoo`
-    preset:str="small",     # a key of `PRESETS`
-    windowsize:int|None=None, # tokens per window; 0 = the whole sequence; None = the preset's (capped at the sequence)
-    **overrides,            # any other `SaneConfig` field
-)->SaneConfig:
-    "A SANE config of `preset` with token size and position tables fitted to a tokenized zoo"
-    if preset not in PRESETS: raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    base = PRESETS[preset]()
-    n_tokens = tz.tokens.shape[1]
-    fit = [max(int(tz.pos[:, k].max()) + 1, p if preset.startswith("paper") else 0) for k, p in enumerate(base.max_positions)]
-    w = n_tokens if windowsize == 0 else min(windowsize or base.windowsize, n_tokens)
-    return dataclasses.replace(base, tokensize=tz.tokens.shape[-1], max_positions=fit, windowsize=w, **overrides)
+__all__ = ['DEMO_SIZES', 'pretrain_run', 'Run', 'load_run', 'probe_run', 'sample_run', 'demo', 'demo_report']
 
 # %% ../nbs/10_pipeline.ipynb #2c55e231
 def _training_split(zoo, split:dict, min_acc:float, min_epoch:int)->dict:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Sampler, RandomSampler, DistributedSamp
 from fastprogress.fastprogress import master_bar, progress_bar
 
 from .core import seed_everything, default_device, atomic_write, save_json, load_json, save_tensors, load_tensors, load_torch
-from .model import SANE, SaneConfig
+from .model import SANE, SaneConfig, fit_config
 from .distributed import init_distributed, world_size, rank, all_reduce_mean
 from .losses import SyntheticTokens, synthetic_loaders, masked_mse, nt_xent, sane_loss
 
@@ -444,17 +444,15 @@ def zoo_config(
     base:SaneConfig|None=None, # the architecture to fit (default `SaneConfig.tiny()`)
     max_window:int=64,     # the whole model is one window if it has at most this many tokens, else `base.windowsize`
 )->SaneConfig:
-    "`base` with the token size, position tables and window fitted to a tokenized zoo"
-    import dataclasses
-    base = base or SaneConfig.tiny()
-    N, T = tz.tokens.shape[1:]
-    fit = [int(tz.pos[:, k].max()) + 1 for k in range(3)]
-    return dataclasses.replace(base, tokensize=T, max_positions=fit, windowsize=N if N <= max_window else min(base.windowsize, N))
+    "Deprecated (one release): `fit_config(tz, base, windowsize=0)` where the model has at most `max_window` tokens"
+    import warnings
+    warnings.warn("zoo_config is deprecated; use sane_nb.model.fit_config", DeprecationWarning, stacklevel=2)
+    return fit_config(tz, base or "tiny", windowsize=0 if tz.tokens.shape[1] <= max_window else None)
 
 # %% ../nbs/07_train.ipynb #c4833cf4
 def pretrain_on_zoo(
     tz,                    # a `sane_nb.dataset.TokenZoo` (tokenized, standardised, with splits)
-    cfg:SaneConfig|None=None, # the architecture; None = `zoo_config(tz)`
+    cfg:SaneConfig|None=None, # the architecture; None = `tiny()` fitted to the zoo, the whole model as the window if it has <= 64 tokens
     steps:int=256,         # optimisation steps (the budget, exactly)
     bs:int=32,             # batch size
     lr:float=3e-3,         # peak learning rate of the one-cycle schedule
@@ -466,7 +464,7 @@ def pretrain_on_zoo(
 )->tuple:                  # (SANE in eval mode on the CPU, training losses per step)
     "Pretrain a SANE for `steps` steps on two-view windows of one split of a tokenized zoo"
     from sane_nb.dataset import TokenDataset, collate_windows
-    cfg = cfg or zoo_config(tz)
+    cfg = cfg or fit_config(tz, "tiny", windowsize=0 if tz.tokens.shape[1] <= 64 else None)
     torch.manual_seed(seed)
     n = len(tz.splits.get(split, ()))
     ds = TokenDataset(tz, split, cfg.windowsize, supersample=math.ceil(steps*bs/max(n, 1)), noise=noise, permute=permute)

@@ -12,7 +12,7 @@ import torch
 
 from ..core import cache_path, save_json, load_json
 from ..zoo import make_zoo
-from ..model import SaneConfig
+from ..model import SaneConfig, fit_config
 from ..dataset import tokenize_zoo, token_loaders
 from ..train import pretrain
 from ..probe import representations, predict_properties
@@ -36,10 +36,8 @@ def parity_config(
     tz,                     # the tokenized zoo
     stats_head:float=0.0,   # weight of the auxiliary row-statistics head (0: the published SANE)
 )->SaneConfig:
-    "The published configuration, with the token size and position tables of the tokenized zoo"
-    N, T = tz.tokens.shape[1:]
-    fit = [int(tz.pos[:, k].max()) + 1 for k in range(3)]
-    return SaneConfig(tokensize=T, d_model=128, n_heads=4, n_layers=2, lat_dim=32, windowsize=N, max_positions=fit, proj_dim=30, stats_head=stats_head)
+    "The published small-CNN SANE (preset `digits`: d_model 128, 4 heads, 2+2 layers, latent 32), whole model as window"
+    return fit_config(tz, "digits", windowsize=0, stats_head=stats_head)
 
 def padding_gamma(gamma:float, tz)->float:
     "The γ that gives our real-entries MSE the balance that `gamma` gives the published padding-averaged MSE"

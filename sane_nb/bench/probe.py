@@ -31,6 +31,8 @@ SEEDS = (0, 1, 2)
 VARIANTS = {"sane": {},                               # the published SANE
             "stats": {"stats_head": 1.0},             # + the auxiliary row-statistics head (`06b_losses`)
             "g0.3": {"gamma": 0.3},                   # a stronger contrastive weight
+            "g0.5": {"gamma": 0.5},                   # ... and stronger still
+            "stats0.1": {"stats_head": 0.1},          # the head at a tenth of the weight
             "stats_g0.3": {"stats_head": 1.0, "gamma": 0.3}}
 
 # %% ../../nbs/bench/03_probe.ipynb #fd5ecafc
