@@ -74,15 +74,11 @@ def _opt_load(opt, path, groups):
         state.setdefault(int(i), {})[k] = v
     opt.load_state_dict({"state": state, "param_groups": groups})
 
-@torch.no_grad()
 def evaluate_net(net:nn.Module, x:Tensor, y:Tensor, bs:int=256)->tuple[float, float]:
-    "Mean cross-entropy and accuracy of `net` in eval mode, in batches (on the net's device)"
-    net.eval()
-    dev, loss, acc = next(net.parameters()).device, 0., 0
-    for i in range(0, len(x), bs):
-        out, yy = net(x[i:i+bs].to(dev)), y[i:i+bs].to(dev)
-        loss += F.cross_entropy(out, yy, reduction="sum").item(); acc += (out.argmax(-1) == yy).sum().item()
-    return loss/len(x), acc/len(x)
+    "Deprecated (one release): `sane_nb.sample.accuracy(net, x, y, bs, with_loss=True)`"
+    import warnings
+    warnings.warn("evaluate_net is deprecated; use sane_nb.sample.accuracy(..., with_loss=True)", DeprecationWarning, stacklevel=2)
+    return accuracy(net, x, y, bs, with_loss=True)
 
 # %% ../nbs/12_resnet.ipynb #1847cc3d
 def train_resnet(
@@ -105,7 +101,7 @@ def train_resnet(
         net.load_state_dict(load_tensors(folder/f"epoch_{done:04d}.safetensors", str(dev)))
         _opt_load(opt, folder/f"optimizer_{done:04d}.safetensors", prog["param_groups"])
     def record(ep, running=None):
-        ev = (*evaluate_net(net, data.x_train, data.y_train), *evaluate_net(net, data.x_test, data.y_test))
+        ev = (*accuracy(net, data.x_train, data.y_train, 256, with_loss=True), *accuracy(net, data.x_test, data.y_test, 256, with_loss=True))
         for k, v in zip(METRICS + RUNNING, (*ev, *(running or ev[:2]))): hist.setdefault(k, []).append(v)
         save_tensors(net.state_dict(), folder/f"epoch_{ep:04d}.safetensors")
         groups = _opt_save(opt, folder/f"optimizer_{ep:04d}.safetensors")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn, Tensor
 
 from .tokenize import tokenize, detokenize, token_layout, layout_mask_pos, LayerStats, standardize, destandardize
@@ -153,9 +154,21 @@ def condition_bn(
     return net.eval()
 
 # %% ../nbs/09_sample.ipynb #431e3916
-def accuracy(net:nn.Module, x:Tensor, y:Tensor, bs:int=1024)->float:
-    "Fraction of `x` that `net` (in eval mode) classifies as `y`"
-    return (predictions(net, x, bs) == y).float().mean().item()
+@torch.no_grad()
+def accuracy(
+    net:nn.Module,          # a classifier (evaluated in eval mode, on its own device)
+    x:Tensor, y:Tensor,     # images [n, ...] and labels [n]
+    bs:int=1024,            # batch size
+    with_loss:bool=False,   # also the mean cross-entropy
+)->float|tuple[float, float]: # accuracy in [0, 1]; with `with_loss`, (mean cross-entropy, accuracy)
+    "The one accuracy of the project: fraction of `x` that `net` classifies as `y` (sampling, fine-tuning and the ResNet zoo use it)"
+    net.eval()
+    dev, loss, hits = next(net.parameters()).device, 0., 0
+    for i in range(0, len(x), bs):
+        out, yy = net(x[i:i+bs].to(dev)), y[i:i+bs].to(dev)
+        hits += (out.argmax(-1) == yy).sum().item()
+        if with_loss: loss += F.cross_entropy(out.float(), yy, reduction="sum").item()
+    return (loss/len(x), hits/len(x)) if with_loss else hits/len(x)
 
 # %% ../nbs/09_sample.ipynb #f6d70e37
 def predictions(net:nn.Module, x:Tensor, bs:int=1024)->Tensor:

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from sane_nb import resnet
-from sane_nb.resnet import resnet_data, make_resnet_zoo, memory_profile, resnet_config, peak_memory_mb, evaluate_net
+from sane_nb.resnet import resnet_data, make_resnet_zoo, memory_profile, resnet_config, peak_memory_mb
+from sane_nb.sample import accuracy
 from sane_nb.data import write_idx
 from sane_nb.zoo import load_zoo
 from sane_nb.nets import make_net
@@ -43,7 +44,7 @@ def test_zoo_is_native_and_epoch0_is_the_init(tmp_path):
     assert list(sd) == list(init) and all(torch.equal(sd[k], init[k]) for k in init)
     net = zoo.make_model(5)
     data = resnet_data("digits", n_train=8, n_test=8)
-    loss, acc = evaluate_net(net, data.x_test, data.y_test)
+    loss, acc = accuracy(net, data.x_test, data.y_test, with_loss=True)
     assert math.isclose(acc, zoo.props["test_acc"][5], abs_tol=1e-6) and math.isclose(loss, zoo.props["test_loss"][5], rel_tol=1e-4)
     assert int(zoo[5][0]["bn1.num_batches_tracked"]) == 2*2  # 8 images in batches of 4, two epochs
     with pytest.raises(ValueError, match="epochs"): make_resnet_zoo(tmp_path/"z", **{**SMALL, "epochs": 3})
