@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file as _st_load_file, save as _st_save
 
 # %% auto #0
-__all__ = ['OPTION_KINDS', 'seed_everything', 'torch_threads', 'default_device', 'sane_home', 'data_path', 'cache_path',
-           'atomic_write', 'clean_orphans', 'save_json', 'load_json', 'save_tensors', 'load_tensors', 'load_torch',
-           'check_options']
+__all__ = ['OPTION_KINDS', 'seed_everything', 'torch_threads', 'spawn_map', 'default_device', 'sane_home', 'data_path',
+           'cache_path', 'atomic_write', 'clean_orphans', 'save_json', 'load_json', 'save_tensors', 'load_tensors',
+           'load_torch', 'check_options']
 
 # %% ../nbs/00_core.ipynb #8fc90bf2
 def seed_everything(
@@ -35,6 +35,19 @@ def torch_threads(n:int=1):
     torch.set_num_threads(n)
     try: yield
     finally: torch.set_num_threads(old)
+
+# %% ../nbs/00_core.ipynb #f8c5e948
+def spawn_map(
+    fn,                 # a module-level function of one argument
+    items,              # its arguments
+    n_workers:int=2,    # processes side by side (each job sets its own threads)
+)->list:                # `fn(item)` for every item, in order
+    "Map `fn` over `items` in `n_workers` spawned processes, or in this process for one worker or one item"
+    items = list(items)
+    if n_workers <= 1 or len(items) <= 1: return [fn(x) for x in items]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(min(n_workers, len(items)), mp_context=mp.get_context("spawn")) as ex: return list(ex.map(fn, items))
 
 # %% ../nbs/00_core.ipynb #91f5a2ba
 def default_device(

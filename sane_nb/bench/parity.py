@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core import cache_path, save_json, load_json
+from ..core import cache_path, save_json, load_json, spawn_map
 from ..zoo import make_zoo
 from ..model import SaneConfig, fit_config
 from ..dataset import tokenize_zoo, token_loaders
@@ -122,13 +122,8 @@ def run(
     make_zoo(zoo_dir, **size["zoo"], n_workers=2, progress=False)
     tag = f"{name}_g{gamma}" + (f"_stats{stats_head}" if stats_head else "")
     jobs = [(zoo_dir, s, size["epochs"], gamma, stats_head, folder/"results"/f"{tag}_s{s}.json") for s in seeds]
-    if n_workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-        from sane_nb.bench import parity as lib
-        with ProcessPoolExecutor(min(n_workers, len(jobs)), mp_context=mp.get_context("spawn")) as ex:
-            results = list(ex.map(lib._one, jobs))
-    else: results = [_one(j) for j in jobs]
+    from sane_nb.bench import parity as lib   # the module's `_one`, importable by the workers (also when run from a notebook)
+    results = spawn_map(lib._one, jobs, n_workers)
     summary = dict(summary=parity_summary(results), published=PUBLISHED,
                    meta=dict(size=name, zoo=size["zoo"], epochs=size["epochs"], seeds=list(seeds), gamma=gamma, stats_head=stats_head,
                              gamma_used=[r["gamma_used"] for r in results], n_steps=results[0]["n_steps"],

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ..core import cache_path, save_json, load_json
+from ..core import cache_path, save_json, load_json, spawn_map
 from ..model import SaneConfig
 from ..zoo import make_zoo, load_zoo
 from ..dataset import tokenize_zoo
@@ -158,15 +158,8 @@ def run(
     tag = lambda v: hashlib.sha1(json.dumps(VARIANTS[v], sort_keys=True).encode()).hexdigest()[:6]   # the variant's settings
     jobs = [(zoos[k].path, s, size["epochs"], VARIANTS[v], v == "sane",
              folder/"results"/f"{name}_{k}_{v}-{tag(v)}_e{size['epochs']}_s{s}.json") for k in zoos for v in variants for s in seeds]
-    if n_workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-        from sane_nb.bench import probe as lib
-        with ProcessPoolExecutor(min(n_workers, len(jobs)), mp_context=mp.get_context("spawn")) as ex:
-            runs = list(ex.map(lib._job, jobs))
-    else:
-        torch.set_num_threads(1)
-        runs = [_job(j) for j in jobs]
+    from sane_nb.bench import probe as lib   # the module's `_job`, importable by the workers (also when run from a notebook)
+    runs = spawn_map(lib._job, jobs, n_workers)
     meta = dict(size=name, seeds=list(seeds), variants={v: VARIANTS[v] for v in variants}, epochs=size["epochs"], bs=32,
                 sane="digits (d_model 128, 4 heads, 2+2 layers, latent 32, whole-model window)",
                 dataset="digits", arch="cnn_digits", tokensize=0)
