@@ -155,6 +155,12 @@ def condition_bn(
 
 # %% ../nbs/09_sample.ipynb #431e3916
 @torch.no_grad()
+def _outputs(net:nn.Module, x:Tensor, bs:int):
+    "`net`'s outputs on `x`, batch by batch (eval mode, no gradients, on the net's device): (first index, output)"
+    net.eval()
+    dev = next(net.parameters()).device
+    for i in range(0, len(x), bs): yield i, net(x[i:i+bs].to(dev))
+
 def accuracy(
     net:nn.Module,          # a classifier (evaluated in eval mode, on its own device)
     x:Tensor, y:Tensor,     # images [n, ...] and labels [n]
@@ -162,10 +168,9 @@ def accuracy(
     with_loss:bool=False,   # also the mean cross-entropy
 )->float|tuple[float, float]: # accuracy in [0, 1]; with `with_loss`, (mean cross-entropy, accuracy)
     "The one accuracy of the project: fraction of `x` that `net` classifies as `y` (sampling, fine-tuning and the ResNet zoo use it)"
-    net.eval()
-    dev, loss, hits = next(net.parameters()).device, 0., 0
-    for i in range(0, len(x), bs):
-        out, yy = net(x[i:i+bs].to(dev)), y[i:i+bs].to(dev)
+    loss, hits = 0., 0
+    for i, out in _outputs(net, x, bs):
+        yy = y[i:i+bs].to(out.device)
         hits += (out.argmax(-1) == yy).sum().item()
         if with_loss: loss += F.cross_entropy(out.float(), yy, reduction="sum").item()
     return (loss/len(x), hits/len(x)) if with_loss else hits/len(x)
@@ -173,9 +178,7 @@ def accuracy(
 # %% ../nbs/09_sample.ipynb #f6d70e37
 def predictions(net:nn.Module, x:Tensor, bs:int=1024)->Tensor:
     "Predicted classes of `net` (in eval mode) on `x`"
-    net.eval()
-    dev = next(net.parameters()).device
-    with torch.no_grad(): return torch.cat([net(x[i:i+bs].to(dev)).argmax(-1).cpu() for i in range(0, len(x), bs)])
+    return torch.cat([out.argmax(-1).cpu() for _, out in _outputs(net, x, bs)])
 
 # %% ../nbs/09_sample.ipynb #9025a109
 def weight_vector(sd:dict)->Tensor:
