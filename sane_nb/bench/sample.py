@@ -28,6 +28,12 @@ __all__ = ['SIZES', 'bench_zoo', 'run']
 SIZES = {True: dict(n_models=24, epochs=8, steps=1000, bs=8, n=3, populations=3, ft_epochs=5),
          False: dict(n_models=60, epochs=15, steps=3000, bs=16, n=5, populations=3, ft_epochs=5)}
 
+def _by_model(model_id, ix)->list:
+    "Checkpoint indices `ix` grouped by model: one list per model"
+    out = {}
+    for i in ix: out.setdefault(model_id[i], []).append(int(i))
+    return list(out.values())
+
 def _aligned_zoo(zoo, ids_by_model, ref_id):
     "Every checkpoint, aligned model by model to checkpoint `ref_id`: {checkpoint index: state dict}"
     ref, out = zoo[ref_id][0], {}
@@ -63,9 +69,8 @@ def bench_zoo(
     cand = sorted((i for i in last if P["act"][i] == act), key=lambda i: -P["test_acc"][i])
     prompt_ids = cand[:n_prompts] if kind == "hyper" else [cand[j] for j in
                  np.random.default_rng(0).choice(len(cand), min(n_prompts, len(cand)), replace=False)]
-    by_model = {}
-    for i in tr: by_model.setdefault(P["model_id"][i], []).append(int(i))
-    sds = _aligned_zoo(zoo, by_model.values(), cand[0])
+    by_model = lambda ix: _by_model(P["model_id"], ix)
+    sds = _aligned_zoo(zoo, by_model(tr), cand[0])
     is_good = lambda i: P["epoch"][i] >= sz["epochs"]//2 and P["test_acc"][i] >= min_acc
     good = [i for i in sds if is_good(i)]
     stats = LayerStats.from_state_dicts(sds[i] for i in good)
@@ -76,9 +81,7 @@ def bench_zoo(
     t0 = time.time()
     sane = pretrain_for_sampling([sds[i] for i in good], stats, cfg, steps=sz["steps"], bs=sz["bs"])
     t_train = time.time() - t0
-    val_by_model = {}                                # the diagnosis is on the zoo's validation models, never trained on
-    for i in split["val"]: val_by_model.setdefault(P["model_id"][i], []).append(int(i))
-    held = _aligned_zoo(zoo, val_by_model.values(), cand[0])
+    held = _aligned_zoo(zoo, by_model(split["val"]), cand[0])   # the diagnosis is on validation models, never trained on
     held_good = [i for i in held if is_good(i)]
     if not held_good: warnings.warn(f"bench_sample: no validation checkpoint of the {kind} zoo is good enough; diagnosing on training checkpoints")
     with tempfile.TemporaryDirectory() as tmp:
