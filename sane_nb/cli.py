@@ -4,7 +4,7 @@
 
 # %% ../nbs/10b_cli.ipynb #6cf55413
 from __future__ import annotations
-import importlib, inspect, json
+import importlib, inspect, json, sys
 from pathlib import Path
 from fastcore.script import call_parse, Param
 
@@ -14,6 +14,19 @@ __all__ = ['BENCH_STAGES', 'bench_module', 'sane_bench', 'with_config', 'sane_zo
 
 # %% ../nbs/10b_cli.ipynb #21778664
 BENCH_STAGES = ("zoo", "tokenize", "train", "probe", "sample", "resnet18", "parity")
+
+def _leaves(d, at=""):
+    "(path, number or string) for every leaf of a nested summary"
+    if isinstance(d, dict):
+        for k, v in d.items(): yield from _leaves(v, f"{at}/{k}" if at else str(k))
+    elif isinstance(d, (int, float, str, bool)) or d is None: yield at, d
+
+def _leaves_table(summary:dict, limit:int=40)->str:
+    "A benchmark summary as a two-column markdown table of its leaves (the first `limit`; lists are left to the JSON)"
+    rows = list(_leaves(summary))
+    fmt = lambda v: "—" if v is None or v != v else f"{v:.4g}" if isinstance(v, float) else str(v)
+    out = ["| measure | value |", "|---|---|", *(f"| {k} | {fmt(v)} |" for k, v in rows[:limit])]
+    return "\n".join(out + ([f"\n({len(rows) - limit} more values in the JSON below)"] if len(rows) > limit else []))
 
 def bench_module(stage:str):
     "The benchmark module of `stage`, with a clear error for an unknown or not-yet-written stage"
@@ -45,7 +58,10 @@ def sane_bench(
         raise SystemExit(f"sane_bench {stage}: unknown size {size!r}; choose one of {sorted(getattr(mod, 'SIZES', {}))}")
     if bad := [v for v in kw.get("variants", ()) if v not in getattr(mod, "VARIANTS", {})]:
         raise SystemExit(f"sane_bench {stage}: unknown variants {bad}; choose from {sorted(getattr(mod, 'VARIANTS', {}))}")
-    mod.run(quick=quick, out=out, **kw)  # returns the summary; a console script must not hand it to sys.exit
+    from sane_nb.core import to_json
+    summary = mod.run(quick=quick, out=out, **kw)
+    print(getattr(mod, "markdown", _leaves_table)(summary), end="\n\n")
+    print(to_json(summary))   # strict JSON, one line, last: what scripts parse
 
 # %% ../nbs/10b_cli.ipynb #e18017dc
 def with_config(
@@ -63,37 +79,107 @@ def with_config(
     return {k: v if v != defaults.get(k) else cfg.get(k, v) for k, v in given.items()}
 
 # %% ../nbs/10b_cli.ipynb #a7695917
-def _run(fn, config, given, defaults):
-    "Call a pipeline function with merged options; errors become one clear line instead of a traceback"
-    import os, torch
-    torch.set_num_threads(int(os.environ.get("SANE_THREADS", 1)))
-    try: return fn(**with_config(config, given, defaults))
+def _device(device:str)->str|None:
+    "The device an option names ('auto': None, the library's default), refused with a clear line where PyTorch has none"
+    import torch
+    if device in (None, "auto"): return None
+    try: d = torch.device(device)
+    except (RuntimeError, ValueError): raise ValueError(f"option --device: unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"option --device: {device!r} asked for, but PyTorch sees no CUDA GPU (torch {torch.__version__}"
+                         f"{', a CPU-only build' if torch.version.cuda is None else ''}); use --device cpu")
+    if d.type == "cuda" and (d.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"option --device: {device!r} asked for, but PyTorch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    if d.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"option --device: 'mps' asked for, but Apple's MPS is not available here; use --device cpu")
+    return str(d)
+
+def _run(fn, config, given, defaults, threads=None, name=None):
+    "Call a pipeline function with merged options on `threads` CPU threads; errors become one clear line, not a traceback"
+    name = name or fn.__name__
+    import warnings
+    from sane_nb.core import set_threads
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"{cat.__name__}: {msg}\n"   # one line, not a source excerpt
+    try:
+        n, opts = set_threads(threads), with_config(config, given, defaults)
+        if "device" in opts:
+            opts["device"] = _device(opts["device"])
+            from sane_nb.core import default_device
+            print(f"{name}: on {opts['device'] or default_device()}, {n} CPU thread{'s'*(n > 1)}", file=sys.stderr, flush=True)
+        return fn(**opts)
     except (ValueError, FileNotFoundError, KeyError, ConnectionError) as e:
         msg = str(e).strip("'")   # (a KeyError's message comes quoted)
-        raise SystemExit(msg if msg.startswith(fn.__name__) else f"{fn.__name__}: {msg}") from None
+        raise SystemExit(msg if msg.startswith(name) else f"{name}: {msg}") from None
     except OSError as e:          # a full disk, a read-only folder, a permission: say which and where, no traceback
         where = f" ({Path(e.filename).parent})" if e.filename else ""
-        raise SystemExit(f"{fn.__name__}: {e.strerror or e}{where}; what was finished is kept, run the command again to resume") from None
+        raise SystemExit(f"{name}: {e.strerror or e}{where}; what was finished is kept, run the command again to resume") from None
+
+def _table(rows:dict)->str:
+    "A two-column markdown table of `rows`"
+    return "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows.items())])
+
+# %% ../nbs/10b_cli.ipynb #4af992c9
+def _zoo(dest, dataset, n_models, epochs, kind, seed, train_images, n_workers, grid, device):
+    "make_zoo with the command line's checks: a zoo big enough to split, a grid from a JSON file, the device"
+    from sane_nb.zoo import make_zoo
+    from sane_nb.pipeline import MIN_MODELS
+    from sane_nb.core import load_json
+    if isinstance(n_models, int) and 1 <= n_models < MIN_MODELS:
+        raise ValueError(f"option 'n_models': {n_models} models are too few to split into training, validation and test "
+                         f"models; SANE needs at least {MIN_MODELS} (50 or more for probe numbers worth reading)")
+    if isinstance(grid, str):
+        path, grid = grid, load_json(grid)
+        if not isinstance(grid, dict): raise ValueError(f"option 'grid': {path} holds no JSON object of hyperparameter lists")
+    return make_zoo(dest, dataset, n_models=n_models, epochs=epochs, kind=kind, seed=seed, train_images=train_images,
+                    n_workers=n_workers, grid=grid, device=None if device == "cpu" else device)
+
+def _zoo_table(zoo)->str:
+    "The zoo at a glance: size, and the spread of final test accuracies"
+    import numpy as np
+    last = zoo.props["epoch"] == max(zoo.epochs)
+    acc = np.asarray(zoo.props["test_acc"], float)[last]
+    return _table({"zoo": zoo.path, "models x checkpoints": f"{len(zoo.models)} x {len(zoo.epochs)} = {len(zoo)}",
+                   "architecture": zoo.arch["arch"],
+                   "final test accuracy (min / median / max)": f"{acc.min():.3f} / {np.median(acc):.3f} / {acc.max():.3f}",
+                   "models near chance (< 0.15)": int((acc < .15).sum())})
 
 @call_parse
 def sane_zoo(
     dest:str,                 # zoo folder to create (or resume)
     dataset:str="digits",     # digits (bundled), mnist or fashion_mnist (IDX files)
-    n_models:int=20,          # models in the zoo
+    n_models:int=20,          # models in the zoo (at least 7)
     epochs:int=10,            # training epochs (checkpoints 0..epochs)
     kind:str="hyper",         # "hyper" (a grid of settings) or "seed" (one setting, many seeds)
     seed:int=0,               # zoo seed
     train_images:int=None,    # train every model on a fixed, seeded subset of this many training images (default: all)
-    n_workers:int=2,          # training processes
+    grid:str=None,            # JSON file of hyperparameter lists replacing the default grid's (see sane_nb.zoo.model_configs)
+    n_workers:int=2,          # training processes (one thread each)
+    device:str="auto",        # auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:N
+    threads:int=None,         # PyTorch CPU threads of this process (default: $SANE_THREADS, else every core it may use)
     config:str=None,          # JSON file of these options
 ):
-    "Train a model zoo (resumable); prints the zoo"
-    from sane_nb.zoo import make_zoo
-    d = dict(dataset="digits", n_models=20, epochs=10, kind="hyper", seed=0, train_images=None, n_workers=2)
-    print(_run(make_zoo, config, dict(dest=dest, dataset=dataset, n_models=n_models, epochs=epochs, kind=kind, seed=seed,
-                                      train_images=train_images, n_workers=n_workers), d))
+    "Train a model zoo (resumable); prints the zoo at a glance"
+    import torch
+    if device == "auto": device = "cuda" if torch.cuda.is_available() else "cpu"   # zoos: a CUDA GPU if there is one, else the CPU
+    d = dict(dataset="digits", n_models=20, epochs=10, kind="hyper", seed=0, train_images=None, grid=None, n_workers=2, device="auto")
+    zoo = _run(_zoo, config, dict(dest=dest, dataset=dataset, n_models=n_models, epochs=epochs, kind=kind, seed=seed,
+                                  train_images=train_images, grid=grid, n_workers=n_workers, device=device), d, threads, "make_zoo")
+    print(_zoo_table(zoo))
 
 # %% ../nbs/10b_cli.ipynb #3fe21870
+def _run_table(info:dict, out:str)->str:
+    "A pretraining run at a glance: what was trained, how long, and whether it learned"
+    from sane_nb.diagnose import Diagnosis
+    c = info["config"]
+    from sane_nb.core import load_json
+    diag = Diagnosis.from_dict(load_json(Path(out, "diagnosis.json")))
+    return "\n".join([_table({"run": Path(out).resolve(), "zoo": info["zoo"], "SANE": f"preset {info['preset']}: d_model {c['d_model']}, "
+                               f"{c['n_layers']}+{c['n_layers']} layers, latent {c['lat_dim']} per token of {c['tokensize']}, window {c['windowsize']}",
+                               "training": f"{info['steps']} steps of {info['bs']}, lr {info['lr']}, {info['pretrain_s']:.0f} s",
+                               "loss": f"{info['loss_first']:.3f} -> {info['loss_last']:.3f}",
+                               "learned (every check passed)": info["learned"]}), "", diag._repr_markdown_(), "",
+                      f"settings: {Path(out, 'run.json')}; diagnosis: {Path(out, 'diagnosis.json')}"])
+
 @call_parse
 def sane_pretrain(
     zoo:str,                  # zoo folder (native or published Model Zoos layout)
@@ -106,13 +192,16 @@ def sane_pretrain(
     windowsize:int=0,         # tokens per window (0: the whole model)
     min_acc:float=0.0,        # train on checkpoints at least this accurate
     seed:int=0,               # seed
+    device:str="auto",        # auto, cpu, cuda, cuda:N or mps (auto: a CUDA GPU, else MPS, else the CPU)
+    threads:int=None,         # PyTorch CPU threads (default: $SANE_THREADS, else every core this process may use)
     config:str=None,          # JSON file of these options
 ):
-    "Tokenize a zoo and pretrain a SANE on it (resumable); prints the run's settings"
+    "Tokenize a zoo and pretrain a SANE on it (resumable); prints the run at a glance and its diagnosis"
     from sane_nb.pipeline import pretrain_run
-    d = dict(preset="small", steps=1000, bs=16, lr=1e-3, tokensize=0, windowsize=0, min_acc=0.0, seed=0)
-    print(json.dumps(_run(pretrain_run, config, dict(zoo=zoo, out=out, preset=preset, steps=steps, bs=bs, lr=lr,
-                                                     tokensize=tokensize, windowsize=windowsize, min_acc=min_acc, seed=seed), d)))
+    d = dict(preset="small", steps=1000, bs=16, lr=1e-3, tokensize=0, windowsize=0, min_acc=0.0, seed=0, device="auto")
+    info = _run(pretrain_run, config, dict(zoo=zoo, out=out, preset=preset, steps=steps, bs=bs, lr=lr, tokensize=tokensize,
+                                           windowsize=windowsize, min_acc=min_acc, seed=seed, device=device), d, threads)
+    print(_run_table(info, out))
 
 # %% ../nbs/10b_cli.ipynb #42a3ddb9
 @call_parse
@@ -121,15 +210,30 @@ def sane_probe(
     out:str=None,             # output folder (default RUN/probe)
     linear_only:bool=False,   # skip the non-linear (gradient boosting) probes
     seed:int=0,
+    device:str="auto",        # where to embed: auto, cpu, cuda, cuda:N or mps
+    threads:int=None,         # PyTorch CPU threads (default: $SANE_THREADS, else every core this process may use)
     config:str=None,          # JSON file of these options
 ):
-    "Predict model properties from SANE embeddings against s(W) and W; prints the table"
+    "Predict model properties from SANE embeddings against s(W) and W; prints R² per representation"
     from sane_nb.pipeline import probe_run
     fam = ("linear",) if linear_only else ("linear", "nonlinear")
-    table = _run(probe_run, config, dict(run=run, out=out, families=fam, seed=seed), dict(families=("linear", "nonlinear"), seed=0))
-    print(table._repr_markdown_())
+    table = _run(probe_run, config, dict(run=run, out=out, families=fam, seed=seed, device=device),
+                 dict(families=("linear", "nonlinear"), seed=0, device="auto"), threads)
+    dest = Path(out or Path(run)/"probe")
+    print(table.summary())
+    print(f"\nR² on the test models (1 = perfect, 0 = the mean). Every row, Kendall τ and the categorical targets: "
+          f"{dest/'probe.md'} and {dest/'probe.json'}")
 
 # %% ../nbs/10b_cli.ipynb #50fd75ba
+def _sample_table(res:dict)->str:
+    "Fine-tuned test accuracy per method (mean ± std over populations), and how far the samples are from the prompts"
+    acc = res["acc"]
+    eps = [e for e in acc["sane"] if not e.endswith("_std")]
+    return "\n".join(["| method | " + " | ".join(f"epoch {e}" for e in eps) + " |", "|---|" + "---|"*len(eps),
+                      *(f"| {m} | " + " | ".join(f"{acc[m][e]:.3f} ± {acc[m][e + '_std']:.3f}" for e in eps) + " |" for m in acc),
+                      "", f"prompt reconstruction error {res['recon_rel_err']:.3f}; mean distance of the samples to their "
+                      f"prompts {res['dist_to_prompt']:.3f}"])
+
 @call_parse
 def sane_sample(
     run:str,                  # run folder of sane_pretrain
@@ -141,23 +245,30 @@ def sane_sample(
     k:int=20,                 # candidates per population for subsampling (0: none)
     dataset:str=None,         # image dataset (default: the zoo's)
     seed:int=0,
+    device:str="auto",        # where to sample and fine-tune: auto, cpu, cuda, cuda:N or mps
+    threads:int=None,         # PyTorch CPU threads (default: $SANE_THREADS, else every core this process may use)
     config:str=None,          # JSON file of these options
 ):
-    "Sample models from a pretrained SANE and compare them with baselines; prints the summary JSON"
+    "Sample models from a pretrained SANE and compare them with baselines; prints test accuracy per method and epoch"
     from sane_nb.pipeline import sample_run
-    d = dict(n=5, n_prompts=5, epochs=5, populations=3, k=20, dataset=None, seed=0)
+    d = dict(n=5, n_prompts=5, epochs=5, populations=3, k=20, dataset=None, seed=0, device="auto")
     res = _run(sample_run, config, dict(run=run, out=out, n=n, n_prompts=n_prompts, epochs=epochs, populations=populations,
-                                        k=k or None, dataset=dataset, seed=seed), d)
-    print(json.dumps(res))
+                                        k=k or None, dataset=dataset, seed=seed, device=device), d, threads)
+    dest = Path(out or Path(run)/"sample")
+    print(_sample_table(res))
+    print(f"\nTest accuracy after fine-tuning (mean ± std over {populations} populations). Everything, with the novelty "
+          f"audit: {dest/'sample.json'}; curves: {dest/'curves.png'}")
 
 # %% ../nbs/10b_cli.ipynb #5e674eb0
 @call_parse
 def sane_demo(
     out:str="sane_demo",      # report folder
     quick:bool=False,         # tiny sizes: checks the mechanics in seconds
+    device:str="auto",        # pretraining, probing and sampling: auto, cpu, cuda, cuda:N or mps (the zoo trains on the CPU)
+    threads:int=None,         # PyTorch CPU threads (default: $SANE_THREADS, else every core this process may use)
 ):
     "The whole method on the bundled digits data: zoo, pretraining, probing, sampling, and a report (resumable)"
     from sane_nb.pipeline import demo
-    _run(demo, None, dict(out=out, quick=quick), {})
+    _run(demo, None, dict(out=out, quick=quick, device=device), {}, threads)
     print(Path(out, "report.md").read_text())
     print(f"report: {Path(out).resolve()/'report.md'}")

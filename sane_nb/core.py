@@ -4,18 +4,19 @@
 
 # %% ../nbs/00_core.ipynb #e6446c75
 from __future__ import annotations
-import json, math, os, random, tempfile, time
+import json, math, os, random, sys, tempfile, time
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file as _st_load_file, save as _st_save
+from fastprogress.fastprogress import progress_bar
 
 # %% auto #0
-__all__ = ['OPTION_KINDS', 'seed_everything', 'torch_threads', 'spawn_map', 'default_device', 'sane_home', 'data_path',
-           'cache_path', 'atomic_write', 'clean_orphans', 'save_json', 'load_json', 'save_tensors', 'load_tensors',
-           'load_torch', 'check_options']
+__all__ = ['OPTION_KINDS', 'seed_everything', 'torch_threads', 'cpu_count', 'set_threads', 'spawn_map', 'interactive', 'progress',
+           'default_device', 'sane_home', 'data_path', 'cache_path', 'atomic_write', 'clean_orphans', 'to_json',
+           'save_json', 'load_json', 'save_tensors', 'load_tensors', 'load_torch', 'check_options']
 
 # %% ../nbs/00_core.ipynb #8fc90bf2
 def seed_everything(
@@ -36,6 +37,33 @@ def torch_threads(n:int=1):
     try: yield
     finally: torch.set_num_threads(old)
 
+# %% ../nbs/00_core.ipynb #bf55324a
+def _quota_cpus()->int|None:
+    "A container's CPU quota (cgroup v2 `cpu.max`, rounded up), or None where there is none"
+    try: quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError): return None
+    return None if quota == "max" else max(1, math.ceil(int(quota)/int(period)))
+
+def cpu_count()->int:
+    "CPU cores this process may use: the scheduler's allocation, else the cores it is pinned to (capped by a container quota)"
+    for var in ("SLURM_CPUS_PER_TASK", "PBS_NUM_PPN", "NSLOTS"):
+        if os.environ.get(var, "").isdigit() and int(os.environ[var]) > 0: return int(os.environ[var])
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(n, _quota_cpus() or n)
+
+def set_threads(
+    n:int|None=None, # PyTorch CPU threads; None: `$SANE_THREADS`, else `cpu_count()`
+)->int:              # the number set
+    "Set PyTorch's CPU thread count: `n`, else `$SANE_THREADS`, else every core this process may use"
+    env = os.environ.get("SANE_THREADS")
+    if n is None and env is not None:
+        if not env.isdigit() or int(env) < 1: raise ValueError(f"$SANE_THREADS must be a positive integer, got {env!r}")
+        n = int(env)
+    n = cpu_count() if n is None else n
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1: raise ValueError(f"threads must be a positive integer, got {n!r}")
+    torch.set_num_threads(n)
+    return n
+
 # %% ../nbs/00_core.ipynb #f8c5e948
 def spawn_map(
     fn,                 # a module-level function of one argument
@@ -48,6 +76,39 @@ def spawn_map(
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
     with ProcessPoolExecutor(min(n_workers, len(items)), mp_context=mp.get_context("spawn")) as ex: return list(ex.map(fn, items))
+
+# %% ../nbs/00_core.ipynb #e8f98128
+def interactive()->bool:
+    "Whether progress can be drawn in place: in a notebook, or with stdout on a terminal"
+    from fastprogress.fastprogress import IN_NOTEBOOK
+    return bool(IN_NOTEBOOK) or (hasattr(sys.stdout, "isatty") and sys.stdout.isatty())
+
+def _hms(s): return time.strftime("%H:%M:%S", time.gmtime(s)) if s < 86400 else f"{s/3600:.0f} h"
+
+def _lines(it, total, name, every):
+    "Plain progress lines: every `every` seconds, and once at the end"
+    t0 = last = time.time(); i = 0
+    for i, x in enumerate(it, 1):
+        yield x
+        if (now := time.time()) - last >= every:
+            left = f", ~{_hms((now - t0)*(total - i)/i)} left" if total else ""
+            print(f"{name}: {i}/{total or '?'} ({_hms(now - t0)}{left})", flush=True); last = now
+    print(f"{name}: done, {i} in {_hms(time.time() - t0)}", flush=True)
+
+def progress(
+    it,                      # an iterable
+    total:int|None=None,     # its length, where `len(it)` does not tell
+    name:str="",             # the stage, shown with the bar or at the start of every line
+    display:bool=True,       # False: no output at all
+    every:float|None=None,   # seconds between plain lines; None: `$SANE_PROGRESS_EVERY`, else 30
+):
+    "Iterate over `it` with progress named `name`: a bar in a notebook or terminal, plain periodic lines in a log file"
+    if not display: return it
+    total = total if total is not None else (len(it) if hasattr(it, "__len__") else None)
+    if interactive():
+        bar = progress_bar(it, total=total, leave=False); bar.comment = name
+        return bar
+    return _lines(it, total, name, every if every is not None else float(os.environ.get("SANE_PROGRESS_EVERY", 30)))
 
 # %% ../nbs/00_core.ipynb #91f5a2ba
 def default_device(
@@ -124,9 +185,28 @@ def clean_orphans(
     return out
 
 # %% ../nbs/00_core.ipynb #f8d5f623
+def _pointer_part(k): return str(k).replace("~", "~0").replace("/", "~1")
+
+def _strict(o, at:str, undefined:list):
+    "`o` as plain JSON values, every NaN / infinity replaced by None and its JSON Pointer added to `undefined`"
+    if isinstance(o, dict): return {k: _strict(v, f"{at}/{_pointer_part(k)}", undefined) for k, v in o.items()}
+    if isinstance(o, (list, tuple)): return [_strict(v, f"{at}/{i}", undefined) for i, v in enumerate(o)]
+    if isinstance(o, (np.ndarray, torch.Tensor, np.generic)): return _strict(o.tolist() if hasattr(o, "tolist") else o.item(), at, undefined)
+    if isinstance(o, float) and not math.isfinite(o):
+        undefined.append(at); return None
+    return o
+
+def to_json(obj, indent:int|None=None)->str:
+    "`obj` as strict JSON text: NaN and infinities become null, listed under the key 'undefined' (JSON Pointers)"
+    undefined = []
+    clean = _strict(obj, "", undefined)
+    if undefined and isinstance(clean, dict): clean["undefined"] = undefined
+    return json.dumps(clean, indent=indent, default=_json_default, allow_nan=False)
+
 def save_json(obj, path:str|Path, indent:int=1):
-    "Write `obj` as JSON to `path` atomically"
-    with atomic_write(path, "w") as f: json.dump(obj, f, indent=indent, default=_json_default)
+    "Write `obj` as strict JSON to `path` atomically (see `to_json`)"
+    text = to_json(obj, indent)
+    with atomic_write(path, "w") as f: f.write(text)
 
 def _json_default(o):
     "Let numpy scalars/arrays, tensors and paths pass through `json.dump`"
@@ -139,8 +219,22 @@ def load_json(path:str|Path):
     "Read a JSON file, with an error that names the file when it is missing or malformed"
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"{path}: file not found")
-    try: return json.loads(path.read_text())
+    try: obj = json.loads(path.read_text())
     except json.JSONDecodeError as e: raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("undefined"), list):   # the nulls save_json wrote for NaN
+        for ptr in obj.pop("undefined"): _set_nan(obj, ptr)
+    return obj
+
+def _set_nan(obj, ptr:str):
+    "Put NaN at JSON Pointer `ptr` of `obj`, where a null is (anything else is left alone)"
+    parts = [p.replace("~1", "/").replace("~0", "~") for p in ptr.split("/")[1:]]
+    for p in parts[:-1]:
+        try: obj = obj[int(p)] if isinstance(obj, list) else obj[p]
+        except (KeyError, IndexError, ValueError): return
+    last = parts[-1] if parts else None
+    if isinstance(obj, list) and last is not None and last.isdigit() and int(last) < len(obj) and obj[int(last)] is None:
+        obj[int(last)] = math.nan
+    elif isinstance(obj, dict) and obj.get(last, 0) is None: obj[last] = math.nan
 
 # %% ../nbs/00_core.ipynb #5e368b53
 def save_tensors(

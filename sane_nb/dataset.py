@@ -11,8 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, DataLoader
-from fastprogress.fastprogress import progress_bar
-from .core import atomic_write, save_json, load_json, save_tensors, load_tensors
+from .core import atomic_write, save_json, load_json, save_tensors, load_tensors, progress as _progress
 from .tokenize import TokenLayout, token_layout, tokenize, check_finite, detokenize, layout_mask_pos, LayerStats, standardize, destandardize
 from .align import PermutationSpec, permutation_spec, apply_permutation, weight_matching
 
@@ -125,12 +124,12 @@ def tokenize_zoo(
         check_finite(sd, where=f"tokenize_zoo: checkpoint {int(i)}: ")   # one bad checkpoint must not poison the statistics
         return sd
     if stats is None and standardize_layers: stats = LayerStats.from_state_dicts(map(load, splits["train"]), ignore_bn)
-    bar = (lambda x: progress_bar(list(x), leave=False)) if progress else list
-    perms = {m: weight_matching(spec, ref, load(ix[-1]), max_iter=max_iter) for m, ix in zip(models, bar(models.values()))} if align else {}
+    bar = lambda x, name: _progress(list(x), name=f"tokenize: {name}", display=progress)
+    perms = {m: weight_matching(spec, ref, load(ix[-1]), max_iter=max_iter) for m, ix in zip(models, bar(models.values(), "aligning models"))} if align else {}
     dest.mkdir(parents=True, exist_ok=True)
     with atomic_write(dest/"tokens.npy") as f:
         _npy_header(f, (n, layout.n_tokens, layout.tokensize))
-        for i in bar(range(n)):
+        for i in bar(range(n), "checkpoints"):
             sd = load(i)
             if align: sd = apply_permutation(spec, perms[mid[i].item()], sd)
             if stats: sd = standardize(sd, stats)

@@ -108,7 +108,8 @@ def untrained_representations(
 )->dict:                    # "untrained:sane", "untrained:sane_std", "untrained:sane_layers" -> [n, d]
     "The SANE poolings of `representations`, from a randomly initialised SANE of the same config (the probe floor)"
     torch.manual_seed(seed)
-    return {f"untrained:{k}": v for k, v in representations(SANE(sane.cfg).eval(), tz, halo=halo, baselines=False).items()}
+    fresh = SANE(sane.cfg).to(next(sane.parameters()).device).eval()
+    return {f"untrained:{k}": v for k, v in representations(fresh, tz, halo=halo, baselines=False).items()}
 
 def probe_floor(
     sane:SANE,              # the trained SANE
@@ -163,7 +164,7 @@ class Diagnosis:
         return asdict(self) | {"checks": {k: {"value": v, "requirement": q, "passed": ok} for k, (v, q, ok) in self.checks().items()},
                                "learned": self.learned}
     def _repr_markdown_(self):
-        fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
+        fmt = lambda v: ("— (not measurable)" if v != v else f"{v:.3f}") if isinstance(v, float) else str(v)
         rows = [f"| {k} | {fmt(v)} | {q} | {'yes' if ok else '**no**'} |" for k, (v, q, ok) in self.checks().items()]
         return "\n".join(["| check | value | requirement | passed |", "|---|---|---|---|", *rows])
     def __repr__(self):

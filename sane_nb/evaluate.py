@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 
+from .core import progress as _progress
 from .nets import init_weights
 from .align import permutation_spec, weight_matching, apply_permutation
 from .tokenize import _bias_key
@@ -45,15 +46,15 @@ def finetune(
     bs:int=64,             # batch size
     seed:int=0,            # seed of the batch order
 )->list[float]:            # test accuracy after 0..epochs epochs
-    "Fine-tune `net` and record its test accuracy after every epoch (epoch 0 = before training)"
+    "Fine-tune `net` (on its own device) and record its test accuracy after every epoch (epoch 0 = before training)"
     opt = (torch.optim.Adam(net.parameters(), lr) if optimizer == "adam" else torch.optim.SGD(net.parameters(), lr, momentum=0.9))
-    g, accs = torch.Generator().manual_seed(seed), [accuracy(net, data.x_test, data.y_test)]
+    g, accs, dev = torch.Generator().manual_seed(seed), [accuracy(net, data.x_test, data.y_test)], next(net.parameters()).device
     for _ in range(epochs):
         net.train()
         order = torch.randperm(len(data.x_train), generator=g)
         for i in range(0, len(order), bs):
             b = order[i:i+bs]
-            loss = F.cross_entropy(net(data.x_train[b]), data.y_train[b])
+            loss = F.cross_entropy(net(data.x_train[b].to(dev)), data.y_train[b].to(dev))
             opt.zero_grad(); loss.backward(); opt.step()
         accs.append(accuracy(net, data.x_test, data.y_test))
     return accs
@@ -95,10 +96,10 @@ def noise_baseline(
     return noise_candidates(prompts, dist, j, seed, stats), dist
 
 # %% ../nbs/09b_evaluate.ipynb #78af9fbc
-def _curves(sds, make_model, data, bn_x, epochs, seed, **ft):
+def _curves(sds, make_model, data, bn_x, epochs, seed, device=None, **ft):
     out = []
     for j, sd in enumerate(sds):
-        net = make_model(); net.load_state_dict(sd)
+        net = make_model(); net.load_state_dict(sd); net.to(device or "cpu")
         condition_bn(net, bn_x, seed=seed + j)
         out.append(finetune(net, data, epochs, seed=seed + j, **ft))
     return out
@@ -112,12 +113,14 @@ def compare_inits(
     k:int|None=None,       # candidates per population for subsampling (None: no subsampling)
     init:str|None=None,    # initialisation scheme of the scratch baseline (`init_weights`), None = PyTorch default
     sample_kw:dict|None=None, # more arguments of `sample_models` (mode, bandwidth, halo, ...)
+    device=None,           # where to fine-tune (None: the CPU); SANE encodes and decodes on its own device
+    progress:bool=False,   # progress over the populations, named 'sample'
     **ft,                  # arguments of `finetune` (lr, optimizer, bs)
 )->dict:                   # {method: array [populations, n, epochs+1]}, and "dist": [populations, n] sample-prompt distances
     "Fine-tuning curves of sampled models vs random init, prompts and noisy prompts, over several populations"
     train_data, val = holdout(data)
     res = {m: [] for m in ("sane", "scratch", "prompts", "noise", "noise_layer")} | {"dist": []}
-    for p in range(populations):
+    for p in _progress(range(populations), name="sample: populations sampled and fine-tuned", display=progress):
         s = sample_models(sane, prompts, n, stats, make_model, bn_x=train_data.x_train, val=val if k else None, k=k,
                           seed=1000*p, **(sample_kw or {}))
         noisy = {}
@@ -132,7 +135,7 @@ def compare_inits(
             scratch.append(net.state_dict())
         cyc = [prompts[j % len(prompts)] for j in range(n)]
         for m, sds in (("sane", s.state_dicts), ("scratch", scratch), ("prompts", cyc), *noisy.items()):
-            res[m].append(_curves(sds, make_model, train_data, train_data.x_train, epochs, 1000*p, **ft))
+            res[m].append(_curves(sds, make_model, train_data, train_data.x_train, epochs, 1000*p, device, **ft))
         res["dist"].append(dist.tolist())
     return {m: np.array(v) for m, v in res.items()}
 

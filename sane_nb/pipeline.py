@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import load_json, save_json, atomic_write, check_options
+from .core import load_json, save_json, atomic_write, check_options, default_device
 from .data import load_dataset
 from .nets import make_net
 from .zoo import load_zoo, make_zoo, zoo_images
@@ -24,11 +24,18 @@ from .evaluate import compare_inits, summarize, plot_curves, holdout, noise_base
 from .sample import sample_models, reconstruct, relative_error
 
 # %% auto #0
-__all__ = ['DEMO_SIZES', 'pretrain_run', 'Run', 'load_run', 'probe_run', 'sample_run', 'demo', 'demo_report']
+__all__ = ['MIN_MODELS', 'DEMO_SIZES', 'pretrain_run', 'Run', 'load_run', 'probe_run', 'sample_run', 'demo', 'demo_report']
 
 # %% ../nbs/10_pipeline.ipynb #2c55e231
+MIN_MODELS = 7   # the fewest models the 70/15/15 split by model cuts into 4 training, 1 validation and 2 test models
+
 def _training_split(zoo, split:dict, min_acc:float, min_epoch:int)->dict:
     "The split with its training part restricted to checkpoints at least `min_acc` accurate and `min_epoch` old"
+    n = {k: len(set(zoo.props["model_id"][np.asarray(v, dtype=int)].tolist())) for k, v in split.items()}
+    if n["train"] < 2 or n["val"] < 1 or n["test"] < 1:
+        raise ValueError(f"{zoo.path}: {len(zoo.models)} models are too few to split by model into training ({n['train']}), "
+                         f"validation ({n['val']}) and test ({n['test']}) models; a zoo needs at least {MIN_MODELS} models "
+                         f"(50 or more for probe numbers worth reading): make a bigger one (sane_zoo --n_models)")
     P, tr = zoo.props, np.asarray(split["train"])
     keep = tr[(P["test_acc"][tr] >= min_acc) & (P["epoch"][tr] >= min_epoch)]
     if not len(keep): raise ValueError(f"no training checkpoint has test_acc >= {min_acc} and epoch >= {min_epoch}")
@@ -47,6 +54,7 @@ def pretrain_run(
     min_epoch:int=0,        # ... and at least this many epochs old
     seed:int=0,             # split seed offset, model seed, window seed
     progress:bool=True,
+    device:str|None=None,   # where to train and diagnose; None: `default_device()` (not a setting: a resumed run may move)
 )->dict:                    # the run's settings (also in `out/run.json`)
     "Tokenize a zoo into a run folder and pretrain a SANE there (resumable)"
     check_options("pretrain_run", preset=(preset, tuple(PRESETS)), steps=(steps, "int>=1"), bs=(bs, "int>=1"),
@@ -56,6 +64,8 @@ def pretrain_run(
     if not zoo_path.exists(): raise FileNotFoundError(f"pretrain_run: no zoo folder at {zoo_path}")
     settings = dict(zoo=str(zoo_path), preset=preset, steps=steps, bs=bs, lr=lr, tokensize=tokensize,
                     windowsize=windowsize, min_acc=min_acc, min_epoch=min_epoch, seed=seed)
+    zoo = load_zoo(zoo_path)     # a zoo that cannot be read or split is refused before anything is written
+    split = _training_split(zoo, zoo.split(seed=42 + seed), min_acc, min_epoch)
     if (out/"run.json").exists():
         old = load_json(out/"run.json")
         diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
@@ -64,23 +74,23 @@ def pretrain_run(
         elif diff: raise ValueError(f"{out} holds another run (differs in {diff}); use another folder")
         elif "config" in old: return old                     # finished earlier
     save_json(settings, out/"run.json")
-    tz = _tokens(load_zoo(zoo_path), out/"tokens", tokensize, seed, min_acc, min_epoch, progress)
-    cfg = fit_config(tz, preset, windowsize)
+    tz = _tokens(zoo, out/"tokens", tokensize, split, progress)
+    cfg, dev = fit_config(tz, preset, windowsize), default_device(device)
     t0 = time.time()
-    sane, losses = pretrain_on_zoo(tz, cfg, steps=steps, bs=bs, lr=lr, seed=seed, out=out/"sane", progress=progress, plot=False)
-    t1, diag = time.time(), diagnose(sane, tz, seed=seed)
+    sane, losses = pretrain_on_zoo(tz, cfg, steps=steps, bs=bs, lr=lr, seed=seed, out=out/"sane", progress=progress, plot=False,
+                                   device=dev)
+    t1, diag = time.time(), diagnose(sane.to(dev), tz, seed=seed)
     save_json(diag.to_dict(), out/"diagnosis.json")
     with atomic_write(out/"diagnosis.md", "w") as f: f.write(diag._repr_markdown_() + "\n")
     save_json({**settings, "config": dataclasses.asdict(cfg), "pretrain_s": t1 - t0, "learned": diag.learned,
                "loss_first": float(np.mean(losses[:10])), "loss_last": float(np.mean(losses[-10:]))}, out/"run.json")
     return load_json(out/"run.json")
 
-def _tokens(zoo, dest, tokensize, seed, min_acc, min_epoch, progress):
+def _tokens(zoo, dest, tokensize, split, progress):
     "The run's tokenized zoo: made once, in a temporary folder renamed into place when complete"
     if (dest/"tokens.json").exists(): return load_token_zoo(dest)
     tmp = dest.with_name(".tokens.partial")
     if tmp.exists(): shutil.rmtree(tmp)
-    split = _training_split(zoo, zoo.split(seed=42 + seed), min_acc, min_epoch)
     tokenize_zoo(zoo, tmp, tokensize=tokensize, splits=split, progress=progress)
     tmp.rename(dest)
     return load_token_zoo(dest)
@@ -95,13 +105,16 @@ class Run:
     sane:torch.nn.Module
     def __repr__(self): return f"Run({self.path.name}, {self.tz!r}, SANE {self.settings.get('preset')})"
 
-def load_run(path:str|Path)->Run:
+def load_run(
+    path:str|Path,          # a run folder
+    device:str|None="cpu",  # where to put the SANE; None: `default_device()`
+)->Run:
     "Open a run folder written by `pretrain_run`"
     path = Path(path)
     if not (path/"run.json").exists(): raise FileNotFoundError(f"{path}: not a run folder (no run.json); make one with sane_pretrain")
     settings = load_json(path/"run.json")
     if "config" not in settings: raise ValueError(f"{path}: pretraining has not finished; run sane_pretrain again to resume it")
-    return Run(path, settings, load_token_zoo(path/"tokens"), load_sane(path/"sane"))
+    return Run(path, settings, load_token_zoo(path/"tokens"), load_sane(path/"sane", device=default_device(device)))
 
 # %% ../nbs/10_pipeline.ipynb #56f32fe8
 def probe_run(
@@ -109,15 +122,19 @@ def probe_run(
     out:str|Path|None=None, # output folder; default `run/probe`
     families=("linear", "nonlinear"), # probe families
     seed:int=0,
+    device:str|None=None,   # where to embed; None: `default_device()` (the probes fit on the CPU)
+    progress:bool=True,     # progress of embedding and probing
 )->object:                  # the `ProbeTable`
     "Embed every checkpoint of a run's zoo and probe its properties against s(W) and W; writes probe.json, probe.md, pca.png"
     check_options("probe_run", seed=(seed, "int>=0"))
     if bad := [f for f in families if f not in ("linear", "nonlinear")]:
         raise ValueError(f"probe_run: option 'families' has unknown probe families {bad}; use 'linear' and/or 'nonlinear'")
     run = run if isinstance(run, Run) else load_run(run)
-    out = Path(out or run.path/"probe")
-    feats = representations(run.sane, run.tz) | untrained_representations(run.sane, run.tz, seed)
-    table = predict_properties(feats, run.tz.props, run.tz.splits, families=families, seed=seed, out=out/"probe.json")
+    out, sane = Path(out or run.path/"probe"), run.sane.to(default_device(device))
+    if progress: print(f"probe: embedding {len(run.tz)} checkpoints (trained and untrained SANE)", flush=True)
+    feats = representations(sane, run.tz) | untrained_representations(sane, run.tz, seed)
+    table = predict_properties(feats, run.tz.props, run.tz.splits, families=families, seed=seed, out=out/"probe.json",
+                               progress=progress)
     with atomic_write(out/"probe.md", "w") as f: f.write(table._repr_markdown_())
     _save_pca(feats["sane"], run.tz.props, out/"pca.png")
     return table
@@ -151,14 +168,16 @@ def sample_run(
     dataset:str|None=None,  # image dataset (default: the zoo's own)
     audit:bool=True,        # run the novelty audit
     seed:int=0,
+    device:str|None=None,   # where to encode, decode and fine-tune; None: `default_device()`
+    progress:bool=True,     # progress of the fine-tuning
 )->dict:
     "Sample models from a run, fine-tune them against the baselines, audit their novelty; writes sample.json, curves.png"
     check_options("sample_run", n=(n, "int>=1"), n_prompts=(n_prompts, "int>=1"), epochs=(epochs, "int>=0"),
                   populations=(populations, "int>=1"), k=(k, "int>=1|None"), seed=(seed, "int>=0"))
     if k is not None and k < n: raise ValueError(f"sample_run: option 'k' (candidates, {k}) must be at least 'n' (models kept, {n})")
     import matplotlib.pyplot as plt
-    run = run if isinstance(run, Run) else load_run(run)
-    out = Path(out or run.path/"sample")
+    run, dev = run if isinstance(run, Run) else load_run(run), default_device(device)
+    out, sane = Path(out or run.path/"sample"), run.sane.to(dev)
     zoo = load_zoo(run.settings["zoo"])
     name = dataset or zoo.meta.get("dataset")
     if name is None: raise ValueError(f"{zoo.path}: the zoo does not say which images it was trained on; pass dataset=")
@@ -168,14 +187,14 @@ def sample_run(
     P = run.tz.props
     kw = {**zoo.arch.get("kwargs", {}), **({"act": str(P["act"][ids[0]])} if "act" in P else {})}
     make_model = lambda: make_net(zoo.arch["arch"], **kw)   # a fresh, randomly initialised network of the prompts' kind
-    rec = relative_error(reconstruct(run.sane, prompts, run.tz.stats), prompts)
-    res = compare_inits(run.sane, prompts, run.tz.stats, make_model, data, n=n, epochs=epochs, populations=populations, k=k,
-                        init=str(P["init"][ids[0]]) if "init" in P else None)
+    rec = relative_error(reconstruct(sane, prompts, run.tz.stats), prompts)
+    res = compare_inits(sane, prompts, run.tz.stats, make_model, data, n=n, epochs=epochs, populations=populations, k=k,
+                        init=str(P["init"][ids[0]]) if "init" in P else None, device=dev, progress=progress)
     summary = {"acc": summarize(res, (0, 1, epochs)), "recon_rel_err": float(rec.mean()), "prompt_ids": ids,
                "prompt_acc": [float(run.tz.props["test_acc"][i]) for i in ids], "dist_to_prompt": float(res["dist"].mean())}
     if audit:
         train_data, val = holdout(data)
-        s = sample_models(run.sane, prompts, n, run.tz.stats, make_model, bn_x=train_data.x_train, val=val if k else None, k=k, seed=seed)
+        s = sample_models(sane, prompts, n, run.tz.stats, make_model, bn_x=train_data.x_train, val=val if k else None, k=k, seed=seed)
         noisy, _ = noise_baseline(prompts, s.state_dicts, seed=seed)
         tr = run.tz.splits["train"]
         summary["novelty"] = novelty_audit(s.state_dicts, noisy, [run.tz.state_dict(i) for i in tr], make_model,
@@ -193,16 +212,17 @@ def demo(
     out:str|Path="sane_demo", # report folder
     quick:bool=False,         # tiny sizes (a test of the mechanics, not of the method)
     progress:bool=True,
+    device:str|None=None,     # for pretraining, probing and sampling; None: `default_device()` (the zoo trains on the CPU)
 )->dict:                      # everything the report shows
     "Zoo -> pretraining -> property prediction -> sampling on digits, with a report in `out`"
     out, sz, t0 = Path(out), DEMO_SIZES[quick], time.time()
     zoo = make_zoo(out/"zoo", "digits", n_models=sz["n_models"], epochs=sz["epochs"], seed=0, kind="seed", progress=progress)
     run_info = pretrain_run(out/"zoo", out/"run", preset=sz["preset"], steps=sz["steps"], bs=sz["bs"],
-                            windowsize=None if quick else 0, progress=progress)
-    run = load_run(out/"run")
-    table = probe_run(run, out/"probe", families=("linear",) if quick else ("linear", "nonlinear"))
+                            windowsize=None if quick else 0, progress=progress, device=device)
+    run = load_run(out/"run", device)
+    table = probe_run(run, out/"probe", families=("linear",) if quick else ("linear", "nonlinear"), device=device, progress=progress)
     sample = sample_run(run, out/"sample", n=sz["n"], epochs=sz["ft_epochs"], populations=sz["populations"], k=sz["k"],
-                        audit=not quick)
+                        audit=not quick, device=device, progress=progress)
     res = dict(zoo=repr(zoo), run=run_info, diagnosis=load_json(out/"run"/"diagnosis.json"), probe=table.nested(),
                sample=sample, seconds=time.time() - t0)
     save_json(res, out/"demo.json")
@@ -214,7 +234,8 @@ def demo_report(res:dict)->str:
     "The demo's results as a short markdown report that says what each number means"
     run, s, d = res["run"], res["sample"], Diagnosis.from_dict(res["diagnosis"])
     lin = res["probe"].get("linear", {}).get("r2", {})
-    rows = [f"| {rep} | " + " | ".join(f"{lin.get(rep, {}).get(t, float('nan')):.3f}" for t in ("test_acc", "epoch", "ggap")) + " |"
+    fmt = lambda v: "—" if v is None or v != v else f"{v:.3f}"   # — : undefined (e.g. a constant target)
+    rows = [f"| {rep} | " + " | ".join(fmt(lin.get(rep, {}).get(t)) for t in ("test_acc", "epoch", "ggap")) + " |"
             for rep in ("sane", "sane_layers", "untrained:sane_layers", "s(W)", "W")]
     acc = s["acc"]
     eps = [e for e in acc["sane"] if not e.endswith("_std")]

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from scipy.stats import kendalltau
 from threadpoolctl import threadpool_limits
-from .core import save_json
+from .core import save_json, progress as _progress
 
 # %% auto #0
 __all__ = ['RIDGE_LAMBDAS', 'LOGISTIC_CS', 'halo_windows', 'check_positions', 'encode_windows', 'Embeddings', 'embed',
@@ -236,7 +236,7 @@ def fit_probe(
                    key=lambda mc: np.mean(mc[0].predict(Xva) == yva))
         return best[0].predict, best[1]
     fits = [(ridge_fit(Xtr, ytr, lam), lam) for lam in RIDGE_LAMBDAS]
-    (w, b), lam = max(fits, key=lambda f: np.nan_to_num(r2_score(yva, Xva @ f[0][0] + f[0][1]), nan=-np.inf))
+    (w, b), lam = min(fits, key=lambda f: np.mean((yva - Xva @ f[0][0] - f[0][1])**2))   # = best R², also defined for a constant yva
     return (lambda X: X @ w + b), lam
 
 # %% ../nbs/08_probe.ipynb #f9ae305b
@@ -256,6 +256,20 @@ class ProbeTable(list):
                 if r.get(m) is not None:
                     out.setdefault(r["family"], {}).setdefault(m, {}).setdefault(r["representation"], {})[r["target"]] = r[m]
         return out
+    def summary(self,
+        reps=("sane", "sane_layers", "untrained:sane_layers", "s(W)", "W"), # rows, where present
+        metric:str="r2",   # "r2" or "tau"
+    )->str:                # markdown: a table and a line per undefined target
+        "A short table for a person: R² (or τ) on the test split per representation, family and numerical target"
+        rows = [r for r in self if r.get("acc") is None and "r2" in r]
+        cols = list(dict.fromkeys((r["family"], r["target"]) for r in rows))
+        val = {(r["representation"], r["family"], r["target"]): r.get(metric) for r in rows}
+        fmt = lambda v: "—" if v is None or v != v else f"{v:.3f}"
+        lines = [f"| {metric} on test models | " + " | ".join(f"{t} ({f})" for f, t in cols) + " |", "|---|" + "---|"*len(cols)]
+        lines += [f"| {rep} | " + " | ".join(fmt(val.get((rep, f, t))) for f, t in cols) + " |"
+                  for rep in reps if any(k[0] == rep for k in val)]
+        why = {r["target"]: r["undefined"] for r in rows if r.get("undefined")}
+        return "\n".join(lines + [""]*bool(why) + [f"—: {t} is {w}; no score is defined." for t, w in why.items()])
 
 # %% ../nbs/08_probe.ipynb #27758999
 def _target(props, key, categorical):
@@ -274,6 +288,7 @@ def predict_properties(
     families=("linear", "nonlinear"),           # probe families, see `fit_probe`
     seed:int=0,          # random state of the non-linear probes
     out:str|Path|None=None, # write the rows as JSON here
+    progress:bool=False, # progress over the targets, named 'probe'
 )->ProbeTable:
     "Probe every representation for every target with every family on the same splits; R², Kendall τ, accuracy"
     if isinstance(props, dict): props = [dict(zip(props, row)) for row in zip(*props.values())]
@@ -290,21 +305,24 @@ def predict_properties(
         raise ValueError(f"predict_properties: split too small to probe: {small} checkpoints (each of train, val and test "
                          f"needs at least 2: val chooses the regularisation, test scores it); use a zoo with more models")
     rows = ProbeTable()
-    with threadpool_limits(1): _probe_all(features, props, idx, targets, categorical, families, seed, rows)
+    with threadpool_limits(1): _probe_all(features, props, idx, targets, categorical, families, seed, rows, progress)
     if out is not None: save_json(list(rows), out)
     return rows
 
-def _probe_all(features, props, idx, targets, categorical, families, seed, rows):
+def _probe_all(features, props, idx, targets, categorical, families, seed, rows, progress=False):
     n = len(props)
-    for t, cat in [(t, False) for t in targets] + [(c, True) for c in categorical if any(c in p for p in props)]:
+    todo = [(t, False) for t in targets] + [(c, True) for c in categorical if any(c in p for p in props)]
+    for t, cat in _progress(todo, name="probe: targets", display=progress):
         y, ok = _target(props, t, cat)
         tr, va, te = (i[ok[i]] for i in (idx["train"], idx["val"], idx["test"]))
-        if len(set(y[tr].tolist())) < 2:
-            if cat: continue   # a hyperparameter the zoo does not vary (e.g. the activation of a seed zoo)
-            warnings.warn(f"predict_properties: target {t!r} is constant on the training split ({y[tr][:1].tolist()}): "
-                          f"nothing to predict, its rows have r2 = tau = None", stacklevel=3)
+        const = [s for s, i in (("training", tr), ("test", te)) if len(set(y[i].tolist())) < 2]
+        if cat and "training" in const: continue   # a hyperparameter the zoo does not vary (e.g. the activation of a seed zoo)
+        if const and not cat:   # nothing to learn (training), or R² and τ undefined (test)
+            why = f"constant on the {' and '.join(const)} split{'s'*(len(const) > 1)}"
+            warnings.warn(f"predict_properties: target {t!r} is {why} (too few or too alike models): "
+                          f"its rows have r2 = tau = None", stacklevel=3)
             rows.extend(dict(representation=name, family=fam, target=t, r2=None, tau=None, n_features=None, hyper=None,
-                             n_train=len(tr), n_test=len(te)) for name in features for fam in families)
+                             n_train=len(tr), n_test=len(te), undefined=why) for name in features for fam in families)
             continue
         for name, X in features.items():
             X = np.asarray(X, np.float64).reshape(n, -1)

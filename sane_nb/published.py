@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from fastprogress.fastprogress import progress_bar
 
-from .core import data_path, load_json, save_json
+from .core import data_path, load_json, save_json, interactive
 
 # %% auto #0
 __all__ = ['ZOOS', 'file_digest', 'download', 'unpack', 'download_zoo', 'read_cifar']
@@ -78,6 +78,7 @@ def download(
             total = int(resp.headers.get("Content-Length", 0)) + (have if resumed else 0)
             mode = "ab" if resumed else "wb"
             with open(part, mode) as f:
+                progress = progress and interactive()   # a download is one bar redrawn in place: none in a log file
                 bar = progress_bar(range(max(total, 1)), display=progress, leave=False)
                 done = have if resumed else 0
                 try:

@@ -11,9 +11,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
-from fastprogress.fastprogress import progress_bar
 
-from .core import default_device, save_json, load_json, save_tensors, load_tensors
+from .core import default_device, save_json, load_json, save_tensors, load_tensors, progress as _progress
 from .data import ImageData, load_dataset
 from .nets import make_net
 from .zoo import ZOO_FORMAT, METRICS, RUNNING, model_configs, load_zoo, _model_file
@@ -164,7 +163,7 @@ def make_resnet_zoo(
         n_models=n_models, epochs=epochs, batch_size=batch_size, grid=grid,
         models=model_configs(n_models, {**RESNET_POINT, **(grid or {})}, kind, seed)))
     todo = [i for i in range(n_models) if not _model_file(dest, i, "json").exists()]
-    bar = iter(progress_bar(range(len(todo)*(epochs + 1)))) if progress and todo else None
+    bar = iter(_progress(range(len(todo)*(epochs + 1)), name="resnet zoo: model-epochs trained")) if progress and todo else None
     for i in todo:
         folder = dest/"partial"/f"{i:05d}"
         hist = train_resnet(s["models"][i], data, epochs, arch, folder, batch_size, device,

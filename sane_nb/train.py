@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Sampler, RandomSampler, DistributedSamp
 from fastprogress.fastprogress import master_bar, progress_bar
 
 from .core import seed_everything, default_device, atomic_write, save_json, load_json, save_tensors, load_tensors, load_torch
+from .core import interactive, _hms
 from .model import SANE, SaneConfig, fit_config
 from .distributed import init_distributed, world_size, rank, all_reduce_mean
 from .losses import SyntheticTokens, synthetic_loaders, masked_mse, nt_xent, sane_loss
@@ -244,31 +245,45 @@ class ValidCB(Callback):
 def _fmt(v): return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 class ProgressCB(Callback):
-    "fastprogress bars over epochs and batches, a per-epoch table and (in notebooks) a live loss plot"
+    "Progress named 'pretrain': bars over epochs and batches, a per-epoch table and (in notebooks) a live loss plot; plain lines in a log"
     order = 30
-    def __init__(self, plot:bool=True): self.plot = plot
+    def __init__(self,
+        plot:bool=True,          # live loss plot (notebooks)
+        every:float|None=None,   # seconds between plain lines in a log file; None: `$SANE_PROGRESS_EVERY`, else 30
+    ): self.plot, self.every = plot, every if every is not None else float(os.environ.get("SANE_PROGRESS_EVERY", 30))
 
     def before_fit(self, learn):
         self.on = learn.rank == 0
         if not self.on: return
-        learn.epochs = self.mbar = master_bar(learn.epochs)
-        self.header = False
+        self.live, self.header, self.t0 = interactive(), False, time.time()
+        self.last, self.step0 = self.t0, learn.step
+        if self.live: learn.epochs = self.mbar = master_bar(learn.epochs)
         for row in learn.metrics.history: self._write(row)
 
     def _write(self, row):
+        if not self.live:   # a log file: the table as aligned plain lines
+            if not self.header: print("pretrain: " + " ".join(f"{k:>14}" for k in row), flush=True); self.header = True
+            print("pretrain: " + " ".join(f"{_fmt(v):>14}" for v in row.values()), flush=True)
+            return
         if not self.header: self.mbar.write(list(row), table=True); self.header = True
         self.mbar.write([_fmt(v) for v in row.values()], table=True)
 
     def before_epoch(self, learn):
-        if self.on: learn.iter_dl = progress_bar(learn.iter_dl, parent=self.mbar, leave=False)
+        if self.on and self.live: learn.iter_dl = progress_bar(learn.iter_dl, parent=self.mbar, leave=False, comment="pretrain")
 
     def after_batch(self, learn):
-        if self.on: self.mbar.child.comment = f"loss {learn.loss_vals['loss']:.4f}"
+        if not self.on: return
+        if self.live: self.mbar.child.comment = f"pretrain: loss {learn.loss_vals['loss']:.4f}"; return
+        if (now := time.time()) - self.last >= self.every:
+            done, left = learn.step - self.step0, learn.total_steps - learn.step
+            print(f"pretrain: step {learn.step}/{learn.total_steps} ({_hms(now - self.t0)}, ~{_hms((now - self.t0)*left/max(done, 1))} "
+                  f"left), loss {learn.loss_vals['loss']:.4f}", flush=True)
+            self.last = now
 
     def after_epoch(self, learn):
         if not self.on: return
         self._write(learn.epoch_log)
-        if self.plot:
+        if self.plot and self.live:
             h = learn.metrics.history
             vx = [r["step"] for r in h if "valid_loss" in r]
             self.mbar.update_graph([[list(range(1, len(learn.metrics.losses)+1)), learn.metrics.losses],

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn, Tensor
-from fastprogress.fastprogress import progress_bar
 from .core import cache_path, atomic_write, save_json, load_json, save_tensors, load_tensors, load_torch, torch_threads, check_options, clean_orphans
+from .core import progress as _progress
 from .data import ImageData, load_dataset, train_subset
 from .nets import ACTIVATIONS, INITS, ZooCNN, make_net
 from .population import METRICS, RUNNING, train_population
@@ -105,7 +105,7 @@ def _worker_tick(n):
 
 def _worker_run(args): return _train_chunk(*args, tick=_worker_tick)
 
-def _bar(it, total, progress): return progress_bar(it, total=total) if progress else it
+def _bar(it, total, progress): return _progress(it, total, "zoo: model-epochs trained", progress)
 
 def _run_chunks(dest, chunks, settings, n_workers, progress):
     "Train chunks in this process or a spawn pool, with a progress bar over model-epochs"

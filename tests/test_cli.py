@@ -11,22 +11,54 @@ def sh(*args, ok=True):
     if ok: assert res.returncode == 0, res.stderr[-3000:]
     return res
 
+def _strict_json(root):
+    "Every JSON file under `root` parsed by a strict parser (NaN and Infinity refused); returns how many"
+    files = list(Path(root).rglob("*.json"))
+    for f in files:
+        json.loads(f.read_text(), parse_constant=lambda c: (_ for _ in ()).throw(AssertionError(f"{f}: {c} is not JSON")))
+    return len(files)
+
 def test_chain(tmp_path):
-    sh("sane_zoo", tmp_path/"zoo", "--n_models", 8, "--epochs", 2, "--kind", "seed", "--train_images", 400, "--n_workers", 1)
-    assert json.loads((tmp_path/"zoo"/"zoo.json").read_text())["train_images"] == 400
+    "The smallest useful zoo (8 models: 5 training, 1 validation, 2 test) through every command"
+    grid = tmp_path/"grid.json"; grid.write_text(json.dumps({"act": "relu", "optimizer": "adam"}))
+    zoo = sh("sane_zoo", tmp_path/"zoo", "--n_models", 8, "--epochs", 2, "--kind", "seed", "--train_images", 400,
+             "--n_workers", 1, "--grid", grid, "--device", "cpu", "--threads", 1)
+    assert "| models x checkpoints | 8 x 3 = 24 |" in zoo.stdout and "make_zoo: on cpu, 1 CPU thread" in zoo.stderr
+    settings = json.loads((tmp_path/"zoo"/"zoo.json").read_text())
+    assert settings["train_images"] == 400 and settings["grid"] == {"act": "relu", "optimizer": "adam"}
+    assert {m["act"] for m in settings["models"]} == {"relu"}
     cfg = tmp_path/"pre.json"
     cfg.write_text(json.dumps({"preset": "tiny", "steps": 12, "bs": 8, "windowsize": 8}))
-    out = sh("sane_pretrain", tmp_path/"zoo", tmp_path/"run", "--config", cfg)
-    info = json.loads(out.stdout.strip().splitlines()[-1])
+    out = sh("sane_pretrain", tmp_path/"zoo", tmp_path/"run", "--config", cfg, "--threads", 2)
+    assert "pretrain_run: on " in out.stderr and ", 2 CPU threads" in out.stderr   # the thread count reached torch
+    assert "| learned (every check passed) |" in out.stdout and "| check | value | requirement | passed |" in out.stdout
+    info = json.loads((tmp_path/"run"/"run.json").read_text())
     assert info["steps"] == 12 and info["preset"] == "tiny" and info["config"]["windowsize"] == 8
+    assert sorted(p.name for p in (tmp_path/"run"/"sane").iterdir() if p.name.startswith("step_")) == ["step_00000012"]
     probe = sh("sane_probe", tmp_path/"run", "--linear_only")
-    assert "| sane | linear | test_acc |" in probe.stdout
+    assert "| r2 on test models | test_acc (linear) | epoch (linear) | ggap (linear) |" in probe.stdout
+    assert "| s(W) |" in probe.stdout and "nan" not in probe.stdout.lower()
     rows = json.loads((tmp_path/"run"/"probe"/"probe.json").read_text())
     assert {r["representation"] for r in rows} >= {"sane", "s(W)", "W"}
     sample = sh("sane_sample", tmp_path/"run", "--n", 2, "--n_prompts", 2, "--epochs", 1, "--populations", 1, "--k", 0)
-    res = json.loads(sample.stdout.strip().splitlines()[-1])
+    assert "| method | epoch 0 | epoch 1 |" in sample.stdout and "| noise_layer |" in sample.stdout
+    res = json.loads((tmp_path/"run"/"sample"/"sample.json").read_text())
     assert set(res["acc"]) == {"sane", "scratch", "prompts", "noise", "noise_layer"}
     assert (tmp_path/"run"/"sample"/"curves.png").stat().st_size > 1000
+    assert _strict_json(tmp_path) >= 12
+    for r in (zoo, out, probe, sample): assert "\r" not in r.stdout   # no redrawn bars in a log: plain lines
+
+def test_a_zoo_too_small_to_split_is_refused_before_any_work(tmp_path):
+    res = sh("sane_zoo", tmp_path/"zoo6", "--n_models", 6, "--epochs", 1, ok=False)
+    assert res.returncode != 0 and "at least 7" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path/"zoo6").exists()
+    from sane_nb.zoo import make_zoo
+    make_zoo(tmp_path/"zoo6", n_models=6, epochs=1, kind="seed", n_workers=1, progress=False)   # made another way
+    res = sh("sane_pretrain", tmp_path/"zoo6", tmp_path/"run", "--preset", "tiny", "--steps", 2, ok=False)
+    assert "6 models are too few" in res.stderr and "at least 7 models" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path/"run").exists()
+    res = sh("sane_pretrain", tmp_path/"zoo6", tmp_path/"run", "--device", "cuda:7", ok=False)
+    assert "option --device" in res.stderr and "Traceback" not in res.stderr
 
 def test_clear_errors(tmp_path):
     res = sh("sane_probe", tmp_path/"nothing", ok=False)
@@ -62,7 +94,7 @@ def test_bad_options_are_one_line_naming_the_option(tmp_path):
     from sane_nb.zoo import fixture_zoo
     zoo = fixture_zoo()
     for args, name in ((["--n_models", "0"], "n_models"), (["--epochs", "-1"], "epochs"), (["--n_workers", "0"], "n_workers")):
-        r = _cli("sane_zoo", tmp_path/"z", "--n_models", "2", "--epochs", "1", *args, tmp=tmp_path)
+        r = _cli("sane_zoo", tmp_path/"z", "--n_models", "8", "--epochs", "1", *args, tmp=tmp_path)
         assert r.returncode != 0 and "Traceback" not in r.stderr and f"option '{name}'" in r.stderr, r.stderr
         assert not (tmp_path/"z").exists()
     (tmp_path/"c.json").write_text('{"steps": "2"}')
@@ -70,7 +102,7 @@ def test_bad_options_are_one_line_naming_the_option(tmp_path):
                        (["--config", tmp_path/"c.json"], "steps")):
         r = _cli("sane_pretrain", zoo.path, tmp_path/"run", "--preset", "tiny", *args, tmp=tmp_path)
         assert r.returncode != 0 and "Traceback" not in r.stderr and f"option '{name}'" in r.stderr, r.stderr
-        assert r.stderr.count("pretrain_run:") == 1
+        assert r.stderr.strip().splitlines()[-1].count("pretrain_run:") == 1   # the error, prefixed once
         assert not (tmp_path/"run").exists()
 
 

@@ -20,7 +20,7 @@ from ..diagnose import diagnose, reconstruction_error
 
 # %% auto #0
 __all__ = ['PUBLISHED', 'ZOO', 'SIZES', 'parity_config', 'padding_gamma', 'parity_seed', 'parity_summary', 'run',
-           'parity_markdown']
+           'parity_markdown', 'markdown']
 
 # %% ../../nbs/bench/06_parity.ipynb #2c68733a
 PUBLISHED = {"sane_mean_r2_test_acc": (0.685, 0.016), "sane_mean_tau_test_acc": 0.757, "sane_mean_r2_epoch": 0.893,
@@ -129,7 +129,6 @@ def run(
                              gamma_used=[r["gamma_used"] for r in results], n_steps=results[0]["n_steps"],
                              time_s=[r["time_s"] for r in results]), total_s=time.time() - t0)
     if out is not None: save_json(summary, out)
-    print(json.dumps(summary))
     return summary
 
 # %% ../../nbs/bench/06_parity.ipynb #1b01b72c
@@ -163,3 +162,8 @@ def parity_markdown(
            f"| best linear R² test accuracy, trained / untrained SANE | {f('floor_trained_r2')} / {f('floor_random_init_r2')} | |",
            f"| every check passed | {', '.join('yes' if x else 'no' for x in s['learned'])} | |"]
     return "\n".join(out)
+
+# %% ../../nbs/bench/06_parity.ipynb #084ef768
+def markdown(summary:dict)->str:
+    "What `sane_bench parity` prints above the JSON"
+    return parity_markdown(summary)

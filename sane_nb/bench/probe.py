@@ -19,7 +19,8 @@ from .parity import parity_config, padding_gamma
 from ..diagnose import diagnose, untrained_representations
 
 # %% auto #0
-__all__ = ['SIZES', 'SEEDS', 'VARIANTS', 'bench_zoo', 'probe_zoo', 'aggregate', 'summary_markdown', 'compare_markdown', 'run']
+__all__ = ['SIZES', 'SEEDS', 'VARIANTS', 'bench_zoo', 'probe_zoo', 'aggregate', 'summary_markdown', 'compare_markdown',
+           'markdown', 'run']
 
 # %% ../../nbs/bench/03_probe.ipynb #750212ef
 SIZES = {
@@ -122,6 +123,11 @@ def compare_markdown(
     lines += [f"| {r} | " + " | ".join(cell(summary[z][f].get(metric, {}).get(r)) for z, f in cols) + " |" for r in reps]
     return "\n".join(lines)
 
+# %% ../../nbs/bench/03_probe.ipynb #e9b063c1
+def markdown(summary:dict)->str:
+    "What `sane_bench probe` prints above the JSON: R² on test accuracy, representations × (zoo, probe family)"
+    return compare_markdown(summary)
+
 # %% ../../nbs/bench/03_probe.ipynb #00dac5c0
 def _job(args):
     "One (zoo, variant, seed) of the benchmark, cached in `dest` so that a rerun resumes"
@@ -176,5 +182,4 @@ def run(
                           time_s={v: {k: float(np.mean([x["time_s"][k] for x in r])) for k in r[0]["time_s"]} for v, r in by_v.items()})
     summary = {**res, "meta": meta, "total_s": time.time() - t0}
     if out is not None: save_json(summary, out)
-    print(json.dumps(summary))
     return summary

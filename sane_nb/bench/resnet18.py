@@ -109,7 +109,7 @@ def run(
     quick:bool=False,      # reduced sizes (about 3 minutes on 2 cores, once the zoo is cached)
     out:str|None=None,     # also write the summary here (JSON)
 )->dict:
-    "Run the ResNet-18 benchmark; print the summary as one JSON line and return it"
+    "Run the ResNet-18 benchmark; returns the summary (`sane_bench` prints it as a table and one JSON line)"
     w0, c0 = time.time(), time.process_time()
     with torch_threads(1):
         res = {"stage": "resnet18", "quick": quick, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -119,5 +119,4 @@ def run(
         res["gpu"] = bench_gpu(quick) if torch.cuda.is_available() else "none: paper_resnet18 cases not run"
     res |= {"wall_s": round(time.time() - w0, 1), "cpu_s": round(time.process_time() - c0, 1)}
     if out is not None: save_json(res, out)
-    print(json.dumps(res))
     return res

@@ -116,11 +116,10 @@ def run(
     quick:bool=False,      # reduced sizes (about 3 minutes on 2 cores)
     out:str|None=None,     # also write the summary here (JSON)
 )->dict:
-    "Run the sampling benchmark on a digits seed zoo and a hyperparameter zoo; print one JSON line"
+    "Run the sampling benchmark on a digits seed zoo and a hyperparameter zoo; returns the summary (`sane_bench` prints it as a table and one JSON line)"
     torch.set_num_threads(1)
     t0 = time.time()
     res = {kind: bench_zoo(kind, quick) for kind in ("seed", "hyper")}
     res |= {"quick": quick, "seconds": round(time.time() - t0, 1), "dataset": "digits", "arch": "cnn_digits"}
     if out is not None: save_json(res, out)
-    print(json.dumps(res))
     return res

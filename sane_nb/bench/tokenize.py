@@ -145,7 +145,7 @@ def run(
     quick:bool=False,       # fewer repetitions (about a minute on 2 cores)
     out:str|None=None,      # also write the summary JSON here
 )->dict:
-    "Measure the tokenize stage; print the summary as one JSON line and return it"
+    "Measure the tokenize stage; returns the summary (`sane_bench` prints it as a table and one JSON line)"
     import json
     with torch_threads(1):
         res = {"stage": "tokenize", "quick": quick, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -158,7 +158,6 @@ def run(
         res |= time_resnet_windows(reps=3 if quick else 10)
         res["published_reference"] = PUBLISHED
     if out is not None: save_json(res, out)
-    print(json.dumps(res))
     return res
 
 def _shared_bytes()->int:

@@ -133,7 +133,7 @@ def run(
     quick:bool=False,   # fewer steps (about a minute on 2 cores)
     out:str|None=None,  # also write the summary JSON here
 )->dict:
-    "Training throughput and peak memory by config; prints the summary as one JSON line"
+    "Training throughput and peak memory by config; returns the summary (`sane_bench` prints it as a table and one JSON line)"
     import json
     n = (lambda full, q: q if quick else full)
     cpu = {"tiny": cpu_case(SaneConfig.tiny(), bs=16, steps=n(100, 20), blocks=n(5, 3), warmup=5),
@@ -159,5 +159,4 @@ def run(
         res["mfu_peak_tflops"] = H100_BF16_PEAK/1e12
     else: res["gpu"] = "none: paper_cnn / paper_resnet18 cases not run"
     if out: save_json(res, out)
-    print(json.dumps(res))
     return res

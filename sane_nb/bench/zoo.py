@@ -46,7 +46,7 @@ def run(
     quick:bool=False,     # small sizes (about 3 minutes on 2 cores) to check that it works
     out:str|None=None,    # also write the summary JSON here
 )->dict:
-    "Measure zoo generation; print the summary as one JSON line and return it"
+    "Measure zoo generation; returns the summary (`sane_bench` prints it as a table and one JSON line)"
     with torch_threads(1):
         n_sp, ep_sp = (40, 2) if quick else (200, 2)
         t_batched, t_single = _time_speedup(n_sp, ep_sp)
@@ -64,5 +64,4 @@ def run(
            "test_acc_quantiles": _quantiles(acc), "test_acc_quantiles_last_epoch": _quantiles(acc[ep == ep.max()]),
            "threads_per_process": 1, "workers": 2, "quick": quick}
     if out: save_json(res, out)
-    print(json.dumps(res))
     return res
