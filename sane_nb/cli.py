@@ -105,6 +105,8 @@ def _run(fn, config, given, defaults, threads=None, name=None):
         if "device" in opts:
             opts["device"] = _device(opts["device"])
             from sane_nb.core import default_device
+            import torch
+            n = torch.get_num_threads()   # what PyTorch will use, read back
             print(f"{name}: on {opts['device'] or default_device()}, {n} CPU thread{'s'*(n > 1)}", file=sys.stderr, flush=True)
         return fn(**opts)
     except (ValueError, FileNotFoundError, KeyError, ConnectionError) as e:
