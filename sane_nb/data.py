@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from .core import data_path
 
 # %% auto #0
 __all__ = ['IDX_FILES', 'DEBIAN_FASHION_MNIST', 'DATASETS', 'ImageData', 'normalise', 'load_digits', 'read_idx', 'write_idx',
-           'load_idx_dataset', 'load_dataset', 'train_subset']
+           'load_idx_dataset', 'load_dataset', 'train_subset', 'test_subset', 'resize_images']
 
 # %% ../nbs/01_data.ipynb #aaedf03b
 @dataclass
@@ -151,3 +152,34 @@ def train_subset(
     keep = torch.cat([(data.y_train == c).nonzero()[:, 0][torch.randperm(int(counts[c]), generator=g)[:int(quota[c])]]
                       for c in range(C)]).sort().values
     return ImageData(data.name, data.x_train[keep], data.y_train[keep], data.x_test, data.y_test, data.mean, data.std)
+
+# %% ../nbs/01_data.ipynb #b966ec39
+def test_subset(
+    data:ImageData,   # a dataset
+    n:int,            # test images to keep (at least 1)
+    seed:int=0,       # which images: the same seed gives the same subset
+)->ImageData:
+    "The same dataset with a fixed, seeded random subset of `n` test images (training split unchanged)"
+    N = len(data.y_test)
+    if not 1 <= n <= N: raise ValueError(f"test_subset: n={n} must be between 1 and {N} ({data.name}'s test images)")
+    if n == N: return data
+    keep = torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return ImageData(data.name, data.x_train, data.y_train, data.x_test[keep], data.y_test[keep], data.mean, data.std)
+
+def _resize(x:Tensor, size:int, fill:float)->Tensor:
+    h, w = x.shape[-2:]
+    if h == w == size: return x
+    if h == w and size % h == 0: return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    if h <= size and w <= size:
+        t, l = (size - h)//2, (size - w)//2
+        return F.pad(x, (l, size - w - l, t, size - h - t), value=fill)
+    raise ValueError(f"cannot bring {h}x{w} images to {size}x{size}: only upsampling by a whole factor or padding")
+
+def resize_images(
+    data:ImageData,   # a dataset
+    size:int,         # side of the square images wanted
+)->ImageData:         # named e.g. "digits32"
+    "The dataset's images brought to `size` x `size`: upsampled by a whole factor, or padded with the background"
+    fill = -data.mean/data.std   # a 0 pixel (the background) after normalisation
+    return ImageData(f"{data.name}{size}", _resize(data.x_train, size, fill), data.y_train, _resize(data.x_test, size, fill),
+                     data.y_test, data.mean, data.std)

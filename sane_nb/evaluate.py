@@ -17,7 +17,8 @@ from .core import progress as _progress
 from .nets import init_weights
 from .align import permutation_spec, weight_matching, apply_permutation
 from .tokenize import _bias_key
-from .sample import sample_models, select_best, nearest_prompt, accuracy, predictions, condition_bn, weight_vector
+from .nets import accuracy, predictions
+from .sample import sample_models, select_best, nearest_prompt, condition_bn, weight_vector
 
 # %% auto #0
 __all__ = ['holdout', 'finetune', 'noise_candidates', 'noise_baseline', 'compare_inits', 'summarize', 'plot_curves',

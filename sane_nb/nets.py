@@ -6,11 +6,12 @@
 from __future__ import annotations
 import math
 import torch
+import torch.nn.functional as F
 from torch import nn, Tensor
 
 # %% auto #0
 __all__ = ['ACTIVATIONS', 'ARCHS', 'INITS', 'make_act', 'ActDropout', 'ZooCNN', 'cnn_small', 'cnn_digits', 'cnn_large',
-           'BasicBlock', 'ResNet18', 'make_net', 'init_weights', 'randomize_bn']
+           'BasicBlock', 'ResNet18', 'make_net', 'init_weights', 'randomize_bn', 'accuracy', 'predictions']
 
 # %% ../nbs/02_nets.ipynb #e9b19fd3
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
@@ -187,3 +188,30 @@ def randomize_bn(
                 m.weight.uniform_(.5, 1.5, generator=generator); m.bias.normal_(0, .1, generator=generator)
                 m.running_mean.normal_(0, .1, generator=generator); m.running_var.uniform_(.5, 2, generator=generator)
     return net.eval()
+
+# %% ../nbs/02_nets.ipynb #fd687a3f
+@torch.no_grad()
+def _outputs(net:nn.Module, x:Tensor, bs:int):
+    "`net`'s outputs on `x`, batch by batch (eval mode, no gradients, on the net's device): (first index, output)"
+    net.eval()
+    dev = next(net.parameters()).device
+    for i in range(0, len(x), bs): yield i, net(x[i:i+bs].to(dev))
+
+def accuracy(
+    net:nn.Module,          # a classifier (evaluated in eval mode, on its own device)
+    x:Tensor, y:Tensor,     # images [n, ...] and labels [n]
+    bs:int=1024,            # batch size
+    with_loss:bool=False,   # also the mean cross-entropy
+)->float|tuple[float, float]: # accuracy in [0, 1]; with `with_loss`, (mean cross-entropy, accuracy)
+    "The one accuracy of the project: fraction of `x` that `net` classifies as `y` (zoos, sampling and fine-tuning use it)"
+    loss, hits = 0., 0
+    for i, out in _outputs(net, x, bs):
+        yy = y[i:i+bs].to(out.device)
+        hits += (out.argmax(-1) == yy).sum().item()
+        if with_loss: loss += F.cross_entropy(out.float(), yy, reduction="sum").item()
+    return (loss/len(x), hits/len(x)) if with_loss else hits/len(x)
+
+# %% ../nbs/02_nets.ipynb #f3f7a598
+def predictions(net:nn.Module, x:Tensor, bs:int=1024)->Tensor:
+    "Predicted classes of `net` (in eval mode) on `x`"
+    return torch.cat([out.argmax(-1).cpu() for _, out in _outputs(net, x, bs)])

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from .data import ImageData
-from .nets import ACTIVATIONS, ActDropout, ZooCNN, make_net
+from pathlib import Path
+from .core import default_device, save_json, load_json, save_tensors, load_tensors
+from .nets import ACTIVATIONS, ActDropout, ZooCNN, make_net, accuracy
 
 # %% auto #0
 __all__ = ['METRICS', 'RUNNING', 'population_forward', 'PopulationOptimizer', 'evaluate_population', 'train_population',
@@ -153,32 +155,66 @@ def train_population(
     return states, [{k: [h[j] for h in hist[k]] for k in METRICS + RUNNING} for j in range(M)]
 
 # %% ../nbs/02_population.ipynb #cc4b08f6
+def _optimizer(net, cfg):
+    if cfg["optimizer"] == "adam": return torch.optim.Adam(net.parameters(), lr=cfg["lr"], weight_decay=cfg["wd"])
+    return torch.optim.SGD(net.parameters(), lr=cfg["lr"], momentum=0.9, weight_decay=cfg["wd"])
+
+def _opt_save(opt, path):
+    "The optimizer's tensors as safetensors (no pickle); returns its param_groups for the JSON beside them"
+    sd = opt.state_dict()
+    save_tensors({f"{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items() if torch.is_tensor(v)}, path)
+    return sd["param_groups"]
+
+def _opt_load(opt, path, groups):
+    state = {}
+    for key, v in load_tensors(path).items():
+        i, k = key.split(".", 1)
+        state.setdefault(int(i), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
 def train_one(
-    cfg:dict, data:ImageData, epochs:int, arch:dict, bs:int=64,
+    cfg:dict,              # one model's settings (`sane_nb.zoo.model_configs`): act, init, optimizer, lr, wd, dropout, seed
+    data:ImageData,        # the images
+    epochs:int,            # epochs to train; checkpoints 0 (untrained) .. epochs
+    arch:dict,             # {"arch": name, "kwargs": {...}}, any architecture of `sane_nb.nets`
+    bs:int=64,             # batch size
+    device:str|None=None,  # where to train; None: the CPU
+    folder:str|Path|None=None, # a checkpoint per epoch here, and resume from the last one found (None: in memory only)
+    on_epoch=None,         # called with the epoch number after each checkpoint (progress)
 )->tuple[dict[str, Tensor], dict[str, list]]: # checkpoints [epochs+1, ...] and metrics, as `train_population`
-    "Train one model alone with `torch.optim` (the reference for `train_population`)"
-    net = make_net(arch["arch"], **{**arch.get("kwargs", {}), "act": cfg["act"], "dropout": cfg["dropout"]},
-                   init=cfg["init"], seed=cfg["seed"])
-    opt = (torch.optim.Adam(net.parameters(), lr=cfg["lr"], weight_decay=cfg["wd"]) if cfg["optimizer"] == "adam"
-           else torch.optim.SGD(net.parameters(), lr=cfg["lr"], momentum=0.9, weight_decay=cfg["wd"]))
-    g, N = torch.Generator().manual_seed(cfg["seed"]), len(data.x_train)
-    ckpts, hist = [], {k: [] for k in METRICS + RUNNING}
-    def evaluate(x, y):
-        net.eval()
-        with torch.no_grad(): out = net(x)
-        net.train()
-        return F.cross_entropy(out, y).item(), (out.argmax(-1) == y).float().mean().item()
-    def record(running=None):
-        ev = (*evaluate(data.x_train, data.y_train), *evaluate(data.x_test, data.y_test))
+    "Train one model alone with `torch.optim`: the reference for `train_population`, and the trainer of models too big to batch"
+    dev = torch.device(device or "cpu")
+    kw = {**arch.get("kwargs", {}), "act": cfg["act"], **({"dropout": cfg["dropout"]} if cfg.get("dropout") else {})}
+    net = make_net(arch["arch"], **kw, init=cfg["init"], seed=cfg["seed"]).to(dev)
+    opt, g, N = _optimizer(net, cfg), torch.Generator().manual_seed(cfg["seed"]), len(data.x_train)
+    ckpts, hist, done = [], {k: [] for k in METRICS + RUNNING}, -1
+    if folder is not None and (Path(folder)/"progress.json").exists():   # resume: weights, optimizer, metrics, image order
+        prog, folder = load_json(Path(folder)/"progress.json"), Path(folder)
+        done, hist = prog["epoch"], prog["metrics"]
+        ckpts = [load_tensors(folder/f"epoch_{e:04d}.safetensors") for e in range(done + 1)]
+        net.load_state_dict({k: v.to(dev) for k, v in ckpts[-1].items()})
+        _opt_load(opt, folder/f"optimizer_{done:04d}.safetensors", prog["param_groups"])
+        for _ in range(done): torch.randperm(N, generator=g)
+    def record(ep, running=None):
+        ev = (*accuracy(net, data.x_train, data.y_train, 256, with_loss=True), *accuracy(net, data.x_test, data.y_test, 256, with_loss=True))
         for k, v in zip(METRICS + RUNNING, (*ev, *(running or ev[:2]))): hist[k].append(v)
-        ckpts.append({k: v.detach().clone() for k, v in net.state_dict().items()})
-    record()
-    for ep in range(1, epochs + 1):
+        ckpts.append({k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
+        if folder is not None:
+            save_tensors(ckpts[-1], Path(folder)/f"epoch_{ep:04d}.safetensors")
+            groups = _opt_save(opt, Path(folder)/f"optimizer_{ep:04d}.safetensors")
+            save_json({"epoch": ep, "metrics": hist, "param_groups": groups}, Path(folder)/"progress.json")
+            if ep > 0: (Path(folder)/f"optimizer_{ep-1:04d}.safetensors").unlink(missing_ok=True)
+        if on_epoch: on_epoch(ep)
+    if done < 0: record(0)
+    for ep in range(max(done, 0) + 1, epochs + 1):
         order, tot_loss, tot_acc = torch.randperm(N, generator=g), 0., 0
-        for i in range(0, N, bs):
-            x, y = data.x_train[order[i:i+bs]], data.y_train[order[i:i+bs]]
-            out = net(x); loss = F.cross_entropy(out, y)
-            opt.zero_grad(); loss.backward(); opt.step()
-            tot_loss += loss.item() * len(y); tot_acc += (out.argmax(-1) == y).sum().item()
-        record((tot_loss / N, tot_acc / N))
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(cfg["seed"]*1000 + ep)   # dropout masks: a function of the epoch, so a resumed run repeats them
+            net.train()
+            for i in range(0, N, bs):
+                x, y = data.x_train[order[i:i+bs]].to(dev), data.y_train[order[i:i+bs]].to(dev)
+                out = net(x); loss = F.cross_entropy(out, y)
+                opt.zero_grad(); loss.backward(); opt.step()
+                tot_loss += loss.item() * len(y); tot_acc += (out.argmax(-1) == y).sum().item()
+        record(ep, (tot_loss / N, tot_acc / N))
     return {k: torch.stack([c[k] for c in ckpts]) for k in ckpts[0]}, hist

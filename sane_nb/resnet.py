@@ -4,174 +4,68 @@
 
 # %% ../nbs/12_resnet.ipynb #0d29869b
 from __future__ import annotations
-import ctypes, dataclasses, gc, json, math, shutil, time
+import ctypes, dataclasses, gc, math, shutil, time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn, Tensor
 
-from .core import default_device, save_json, load_json, save_tensors, load_tensors, progress as _progress
-from .data import ImageData, load_dataset
-from .nets import make_net
-from .zoo import ZOO_FORMAT, METRICS, RUNNING, model_configs, load_zoo, _model_file
+from .core import default_device
+from .data import ImageData
+from .nets import make_net, accuracy
+from .population import train_one
+from .zoo import make_zoo, zoo_images, load_zoo
 from .tokenize import tokenize, token_layout, layout_mask_pos
 from .model import SaneConfig
 from .probe import encode_tokens
-from .sample import decode_tokens, sample_models, condition_bn, accuracy
+from .sample import decode_tokens, sample_models, condition_bn
 
 # %% auto #0
 __all__ = ['RESNET_POINT', 'resnet_data', 'evaluate_net', 'train_resnet', 'make_resnet_zoo', 'peak_memory_mb', 'memory_profile',
            'resnet_config', 'sample_vs_scratch']
 
 # %% ../nbs/12_resnet.ipynb #82498a5a
-def _resize(x:Tensor, size:int, fill:float)->Tensor:
-    h, w = x.shape[-2:]
-    if h == w == size: return x
-    if h == w and size % h == 0: return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    if h <= size and w <= size:
-        t, l = (size - h)//2, (size - w)//2
-        return F.pad(x, (l, size - w - l, t, size - h - t), value=fill)
-    raise ValueError(f"cannot bring {h}x{w} images to {size}x{size}: only upsampling by a whole factor or padding")
-
 def resnet_data(
     dataset:str="digits",        # "digits", "mnist" or "fashion_mnist" (see `sane_nb.data.load_dataset`)
-    n_train:int|None=None,       # a seeded subset of the training images (None: all)
+    n_train:int|None=None,       # a seeded, class-stratified subset of the training images (None: all)
     n_test:int|None=None,        # a seeded subset of the test images (None: all)
     size:int=32,                 # side of the square input images
-    seed:int=0,                  # seed of the subsets (and of the digits split)
+    seed:int=0,                  # seed of the subsets (the zoo seed)
     folder:str|Path|None=None,   # where the IDX files are (MNIST-style datasets)
 )->ImageData:
-    "A dataset brought to `size` x `size` (upsampled by a whole factor, or padded) with seeded subsets"
-    d = load_dataset(dataset, folder, seed)
-    fill = -d.mean/d.std  # a 0 pixel (the background) after normalisation
-    def pick(x, y, n, s):
-        if n is None or n >= len(x): return x, y
-        if n < 1: raise ValueError(f"resnet_data: asked for {n} images")
-        i = torch.randperm(len(x), generator=torch.Generator().manual_seed(s))[:n]
-        return x[i], y[i]
-    (xtr, ytr), (xte, yte) = pick(d.x_train, d.y_train, n_train, seed), pick(d.x_test, d.y_test, n_test, seed + 1)
-    return ImageData(f"{dataset}{size}", _resize(xtr, size, fill), ytr, _resize(xte, size, fill), yte, d.mean, d.std)
+    "The images of a ResNet-18 zoo: `dataset` at `size` x `size` with seeded subsets (what `make_zoo` trains on)"
+    return zoo_images(dict(dataset=dataset, data_folder=folder, seed=seed, train_images=n_train, test_images=n_test, image_size=size))
 
 # %% ../nbs/12_resnet.ipynb #e8050359
 RESNET_POINT = dict(act="relu", init="kaiming_uniform", optimizer="adam", lr=1e-3, wd=5e-4, dropout=0.)
 
-def _optimizer(net, cfg):
-    if cfg["optimizer"] == "adam": return torch.optim.Adam(net.parameters(), lr=cfg["lr"], weight_decay=cfg["wd"])
-    return torch.optim.SGD(net.parameters(), lr=cfg["lr"], momentum=0.9, weight_decay=cfg["wd"])
-
-def _opt_save(opt, path):
-    sd = opt.state_dict()
-    save_tensors({f"{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items() if torch.is_tensor(v)}, path)
-    return sd["param_groups"]
-
-def _opt_load(opt, path, groups):
-    state = {}
-    for key, v in load_tensors(path).items():
-        i, k = key.split(".", 1)
-        state.setdefault(int(i), {})[k] = v
-    opt.load_state_dict({"state": state, "param_groups": groups})
-
 def evaluate_net(net:nn.Module, x:Tensor, y:Tensor, bs:int=256)->tuple[float, float]:
-    "Deprecated (one release): `sane_nb.sample.accuracy(net, x, y, bs, with_loss=True)`"
+    "Deprecated (one release): `sane_nb.nets.accuracy(net, x, y, bs, with_loss=True)`"
     import warnings
-    warnings.warn("evaluate_net is deprecated; use sane_nb.sample.accuracy(..., with_loss=True)", DeprecationWarning, stacklevel=2)
+    warnings.warn("evaluate_net is deprecated; use sane_nb.nets.accuracy(..., with_loss=True)", DeprecationWarning, stacklevel=2)
     return accuracy(net, x, y, bs, with_loss=True)
 
 # %% ../nbs/12_resnet.ipynb #1847cc3d
-def train_resnet(
-    cfg:dict,              # one model's settings (`model_configs`): act, init, optimizer, lr, wd, seed
-    data:ImageData,        # the images
-    epochs:int,            # epochs to train; checkpoints 0 (untrained) .. epochs
-    arch:dict,             # {"arch": "resnet18", "kwargs": {...}}
-    folder:str|Path,       # where the per-epoch checkpoints go (resumed from if it holds some)
-    bs:int=32,             # batch size
-    device:str|None=None,  # default: `default_device()`
-    on_epoch=None,         # called with the epoch number after each checkpoint
-)->dict:                   # the metrics, one list entry per epoch
-    "Train one network with a checkpoint per epoch in `folder`, resuming from the last one found there"
-    folder, dev = Path(folder), default_device(device)
-    net = make_net(arch["arch"], **{**arch.get("kwargs", {}), "act": cfg["act"]}, init=cfg["init"], seed=cfg["seed"]).to(dev)
-    opt, hist, done = _optimizer(net, cfg), {k: [] for k in METRICS + RUNNING}, -1
-    if (folder/"progress.json").exists():
-        prog = load_json(folder/"progress.json")
-        done, hist = prog["epoch"], prog["metrics"]
-        net.load_state_dict(load_tensors(folder/f"epoch_{done:04d}.safetensors", str(dev)))
-        _opt_load(opt, folder/f"optimizer_{done:04d}.safetensors", prog["param_groups"])
-    def record(ep, running=None):
-        ev = (*accuracy(net, data.x_train, data.y_train, 256, with_loss=True), *accuracy(net, data.x_test, data.y_test, 256, with_loss=True))
-        for k, v in zip(METRICS + RUNNING, (*ev, *(running or ev[:2]))): hist.setdefault(k, []).append(v)
-        save_tensors(net.state_dict(), folder/f"epoch_{ep:04d}.safetensors")
-        groups = _opt_save(opt, folder/f"optimizer_{ep:04d}.safetensors")
-        save_json({"epoch": ep, "metrics": hist, "param_groups": groups}, folder/"progress.json")
-        if ep > 0: (folder/f"optimizer_{ep-1:04d}.safetensors").unlink(missing_ok=True)
-        if on_epoch: on_epoch(ep)
-    if done < 0: record(0)
-    for ep in range(max(done, 0) + 1, epochs + 1):
-        net.train()
-        order, loss_sum, hits = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(cfg["seed"]*1000 + ep)), 0., 0
-        for i in range(0, len(order), bs):
-            x, y = data.x_train[order[i:i+bs]].to(dev), data.y_train[order[i:i+bs]].to(dev)
-            out = net(x); loss = F.cross_entropy(out, y)
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-            loss_sum += loss.item()*len(y); hits += (out.argmax(-1) == y).sum().item()
-        record(ep, (loss_sum/len(order), hits/len(order)))
-    return hist
-
-# %% ../nbs/12_resnet.ipynb #afe5002c
-def _finish_model(dest, i, cfg, epochs, hist, folder):
-    "Stack a trained model's per-epoch checkpoints into the native zoo files, then drop them"
-    sds = [load_tensors(folder/f"epoch_{e:04d}.safetensors") for e in range(epochs + 1)]
-    save_tensors({k: torch.stack([sd[k] for sd in sds]) for k in sds[0]}, _model_file(dest, i, "safetensors"))
-    save_json({"model_id": i, "config": cfg, "epochs": list(range(epochs + 1)), **hist}, _model_file(dest, i, "json"))
-    shutil.rmtree(folder)
-
-def _settings(dest, settings):
-    settings = json.loads(json.dumps(settings))
-    if (dest/"zoo.json").exists():
-        old = load_json(dest/"zoo.json")
-        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        if diff: raise ValueError(f"{dest/'zoo.json'}: a zoo with other settings ({', '.join(diff)}) is already there; "
-                                  "choose another folder or delete it")
-    else: save_json(settings, dest/"zoo.json")
-    return settings
+def train_resnet(cfg:dict, data:ImageData, epochs:int, arch:dict, folder:str|Path, bs:int=32, device:str|None=None, on_epoch=None)->dict:
+    "Deprecated (one release): `sane_nb.population.train_one(cfg, data, epochs, arch, bs, device, folder, on_epoch)[1]`"
+    import warnings
+    warnings.warn("train_resnet is deprecated; use sane_nb.population.train_one", DeprecationWarning, stacklevel=2)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return train_one(cfg, data, epochs, arch, bs, default_device(device), folder, on_epoch)[1]
 
 # %% ../nbs/12_resnet.ipynb #79377f9a
 def make_resnet_zoo(
-    dest:str|Path,             # the zoo folder (created; resumed if it holds an unfinished zoo of the same settings)
-    n_models:int=4,            # models in the zoo
-    epochs:int=3,              # training epochs; checkpoints 0 (untrained) .. epochs
-    dataset:str="digits",      # "digits", "mnist" or "fashion_mnist", brought to `size` x `size`
-    n_train:int|None=512,      # training images (a seeded subset; None: all)
-    n_test:int|None=256,       # test images (a seeded subset; None: all)
-    size:int=32,               # input side
-    seed:int=0,                # zoo seed: model seeds, grid points, image subsets
-    grid:dict|None=None,       # settings over `RESNET_POINT` (see `sane_nb.zoo.model_configs`)
-    kind:str="seed",           # "seed": one setting, seeds differ; "hyper": models spread over `grid`
-    batch_size:int=32,         # training batch size
-    device:str|None=None,      # default: `default_device()`
-    data_folder:str|Path|None=None, # folder of IDX files (MNIST-style datasets)
-    progress:bool=True,        # show a progress bar over model-epochs
+    dest:str|Path, n_models:int=4, epochs:int=3, dataset:str="digits", n_train:int|None=512, n_test:int|None=256,
+    size:int=32, seed:int=0, grid:dict|None=None, kind:str="seed", batch_size:int=32, device:str|None=None,
+    data_folder:str|Path|None=None, progress:bool=True,
 ):
-    "Train ResNet-18s one by one (resumable per epoch) into a native zoo folder, and load it"
-    dest = Path(dest)
-    data = resnet_data(dataset, n_train, n_test, size, seed, data_folder)
-    arch = {"arch": "resnet18", "kwargs": {"in_ch": data.in_ch, "n_classes": data.n_classes}}
-    s = _settings(dest, dict(format=ZOO_FORMAT, trainer="sane_nb.resnet", dataset=dataset, n_train=n_train, n_test=n_test,
-        size=size, data_folder=None if data_folder is None else str(data_folder), arch=arch, kind=kind, seed=seed,
-        n_models=n_models, epochs=epochs, batch_size=batch_size, grid=grid,
-        models=model_configs(n_models, {**RESNET_POINT, **(grid or {})}, kind, seed)))
-    todo = [i for i in range(n_models) if not _model_file(dest, i, "json").exists()]
-    bar = iter(_progress(range(len(todo)*(epochs + 1)), name="resnet zoo: model-epochs trained")) if progress and todo else None
-    for i in todo:
-        folder = dest/"partial"/f"{i:05d}"
-        hist = train_resnet(s["models"][i], data, epochs, arch, folder, batch_size, device,
-                            on_epoch=(lambda e: next(bar, None)) if bar else None)
-        _finish_model(dest, i, s["models"][i], epochs, hist, folder)
-    if bar: list(bar)
-    if (dest/"partial").exists() and not any((dest/"partial").iterdir()): (dest/"partial").rmdir()
-    return load_zoo(dest)
+    "Deprecated (one release): `make_zoo(dest, dataset, arch='resnet18', grid={**RESNET_POINT, **grid}, ...)`"
+    import warnings
+    warnings.warn("make_resnet_zoo is deprecated; use sane_nb.zoo.make_zoo(..., arch='resnet18', grid=RESNET_POINT)", DeprecationWarning, stacklevel=2)
+    return make_zoo(dest, dataset, n_models, epochs, seed, {**RESNET_POINT, **(grid or {})}, kind, "resnet18", batch_size,
+                    train_images=n_train, test_images=n_test, image_size=size, n_workers=1, data_folder=data_folder,
+                    progress=progress, device=str(default_device(device)))
 
 # %% ../nbs/12_resnet.ipynb #ffb7d005
 def _status_kb(key):

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 
 from .tokenize import tokenize, detokenize, token_layout, layout_mask_pos, LayerStats, standardize, destandardize
+from .nets import accuracy, predictions, _outputs   # scoring networks lives with the networks
 from .model import SaneConfig, SANE
 from .train import pretrain_on_zoo
 from .dataset import tokenize_zoo
@@ -19,8 +20,8 @@ from .probe import halo_windows, encode_tokens
 
 # %% auto #0
 __all__ = ['prompt_tokens', 'checkpoint_token_zoo', 'pretrain_for_sampling', 'decode_tokens', 'kde_sample',
-           'tokens_to_state_dicts', 'condition_bn', 'accuracy', 'predictions', 'weight_vector', 'nearest_prompt',
-           'Samples', 'select_best', 'sample_models', 'relative_error', 'reconstruct']
+           'tokens_to_state_dicts', 'condition_bn', 'weight_vector', 'nearest_prompt', 'Samples', 'select_best',
+           'sample_models', 'relative_error', 'reconstruct']
 
 # %% ../nbs/09_sample.ipynb #988060d0
 def prompt_tokens(
@@ -152,33 +153,6 @@ def condition_bn(
         for _ in range(iters): net(x[torch.randint(0, len(x), (bs,), generator=g)].to(dev))
     for m, mo in zip(bns, old): m.momentum = mo
     return net.eval()
-
-# %% ../nbs/09_sample.ipynb #431e3916
-@torch.no_grad()
-def _outputs(net:nn.Module, x:Tensor, bs:int):
-    "`net`'s outputs on `x`, batch by batch (eval mode, no gradients, on the net's device): (first index, output)"
-    net.eval()
-    dev = next(net.parameters()).device
-    for i in range(0, len(x), bs): yield i, net(x[i:i+bs].to(dev))
-
-def accuracy(
-    net:nn.Module,          # a classifier (evaluated in eval mode, on its own device)
-    x:Tensor, y:Tensor,     # images [n, ...] and labels [n]
-    bs:int=1024,            # batch size
-    with_loss:bool=False,   # also the mean cross-entropy
-)->float|tuple[float, float]: # accuracy in [0, 1]; with `with_loss`, (mean cross-entropy, accuracy)
-    "The one accuracy of the project: fraction of `x` that `net` classifies as `y` (sampling, fine-tuning and the ResNet zoo use it)"
-    loss, hits = 0., 0
-    for i, out in _outputs(net, x, bs):
-        yy = y[i:i+bs].to(out.device)
-        hits += (out.argmax(-1) == yy).sum().item()
-        if with_loss: loss += F.cross_entropy(out.float(), yy, reduction="sum").item()
-    return (loss/len(x), hits/len(x)) if with_loss else hits/len(x)
-
-# %% ../nbs/09_sample.ipynb #f6d70e37
-def predictions(net:nn.Module, x:Tensor, bs:int=1024)->Tensor:
-    "Predicted classes of `net` (in eval mode) on `x`"
-    return torch.cat([out.argmax(-1).cpu() for _, out in _outputs(net, x, bs)])
 
 # %% ../nbs/09_sample.ipynb #9025a109
 def weight_vector(sd:dict)->Tensor:

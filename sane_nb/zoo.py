@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_zoo.ipynb #37649ee5
 from __future__ import annotations
-import hashlib, itertools, json, math, multiprocessing as mp, os, queue, random, re, sys, time, warnings
+import hashlib, itertools, json, math, multiprocessing as mp, os, queue, random, re, shutil, sys, time, warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -13,9 +13,9 @@ import torch
 from torch import nn, Tensor
 from .core import cache_path, atomic_write, save_json, load_json, save_tensors, load_tensors, load_torch, torch_threads, check_options, clean_orphans
 from .core import progress as _progress
-from .data import ImageData, load_dataset, train_subset
+from .data import ImageData, load_dataset, train_subset, test_subset, resize_images
 from .nets import ACTIVATIONS, INITS, ZooCNN, make_net
-from .population import METRICS, RUNNING, train_population
+from .population import METRICS, RUNNING, train_population, train_one
 
 # %% auto #0
 __all__ = ['DEFAULT_GRID', 'SEED_POINT', 'ZOO_FORMAT', 'DEFAULT_ARCH', 'PUBLISHED_KEYS', 'PUBLISHED_TYPES', 'FIXTURE',
@@ -69,10 +69,12 @@ def _model_file(dest, i, ext): return Path(dest)/"models"/f"{i:05d}.{ext}"
 def zoo_images(
     settings:dict,  # a native zoo's settings (its zoo.json, `Zoo.meta`)
 )->ImageData:
-    "The images a native zoo's models were trained on: its dataset, cut to its fixed training subset if it has one"
+    "The images a native zoo's models were trained on: its dataset, its fixed subsets if it has some, at its image size"
     data = load_dataset(settings["dataset"], settings.get("data_folder"))
-    n = settings.get("train_images")
-    return data if n is None else train_subset(data, n, seed=settings["seed"])
+    if (n := settings.get("train_images")) is not None: data = train_subset(data, n, seed=settings["seed"])
+    if (n := settings.get("test_images")) is not None: data = test_subset(data, n, seed=settings["seed"] + 1)
+    if (s := settings.get("image_size")) is not None: data = resize_images(data, s)
+    return data
 
 def _train_chunk(dest, ids, settings, tick=None):
     "Train one chunk of a zoo and save the models of it that are not finished yet"
@@ -88,6 +90,22 @@ def _train_chunk(dest, ids, settings, tick=None):
         save_json({"model_id": i, "config": c, "epochs": list(range(settings["epochs"] + 1)), **met},
                   _model_file(dest, i, "json"))
     return ids
+
+# %% ../nbs/02_zoo.ipynb #fde43875
+def _train_alone(dest, settings, todo, progress):
+    "Models too big to batch (ResNet-18): one at a time, each resumable per epoch from `dest/partial/<id>`"
+    data, ep = zoo_images(settings), settings["epochs"]
+    bar = iter(_bar(range(len(todo)*(ep + 1)), len(todo)*(ep + 1), progress))
+    for i in todo:
+        folder = dest/"partial"/f"{i:05d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        sd, met = train_one(settings["models"][i], data, ep, settings["arch"], settings["batch_size"], settings.get("device"),
+                            folder, on_epoch=lambda e: next(bar, None))
+        save_tensors(sd, _model_file(dest, i, "safetensors"))
+        save_json({"model_id": i, "config": settings["models"][i], "epochs": list(range(ep + 1)), **met}, _model_file(dest, i, "json"))
+        shutil.rmtree(folder)
+    for _ in bar: pass
+    if (dest/"partial").exists() and not any((dest/"partial").iterdir()): (dest/"partial").rmdir()
 
 # %% ../nbs/02_zoo.ipynb #d231999b
 _TICKS, _PARENT = None, None
@@ -171,27 +189,31 @@ def make_zoo(
     batch_size:int=64,           # training batch size
     chunk_size:int=50,           # most models trained together in one batch (fixed per zoo: part of its settings)
     train_images:int|None=None,  # train on a fixed, seeded (zoo seed), class-stratified subset of this many images
-    n_workers:int=2,             # processes training chunks in parallel (1 torch thread each)
+    test_images:int|None=None,   # evaluate on a fixed, seeded subset of this many test images
+    image_size:int|None=None,    # bring the images to this side first (`resize_images`; e.g. 32 for ResNet-18)
+    n_workers:int=2,             # processes training chunks in parallel (1 torch thread each); models too big to batch: 1
     data_folder:str|Path|None=None, # folder of IDX files for MNIST-style datasets
     progress:bool=True,          # show a progress bar
-    device:str|None=None,        # None: the CPU (exactly reproducible); "cuda" for 28x28 zoos, with n_workers=1
+    device:str|None=None,        # None: the CPU (exactly reproducible); "cuda" for 28x28 zoos (n_workers=1) and ResNet-18s
 )->"Zoo":
-    "Train a population of models (batched, in parallel, resumable) into a native zoo folder, and load it"
+    "Train a zoo (small CNNs batched and in parallel, bigger models one by one; resumable) into a native zoo folder, and load it"
     check_options("make_zoo", n_models=(n_models, "int>=1"), epochs=(epochs, "int>=1"), seed=(seed, "int>=0"),
                   kind=(kind, ("hyper", "seed")), batch_size=(batch_size, "int>=1"), chunk_size=(chunk_size, "int>=1"),
-                  train_images=(train_images, "int>=1|None"), n_workers=(n_workers, "int>=1"))
-    dest = Path(dest)
+                  train_images=(train_images, "int>=1|None"), test_images=(test_images, "int>=1|None"),
+                  image_size=(image_size, "int>=1|None"), n_workers=(n_workers, "int>=1"))
+    dest, device = Path(dest), None if device in (None, "cpu") else str(device)   # one spelling of the CPU in the settings
     data = load_dataset(dataset, data_folder)
     if arch is None or isinstance(arch, str): arch = {"arch": arch or DEFAULT_ARCH[dataset], "kwargs": {}}
     arch = {"arch": arch["arch"], "kwargs": {"in_ch": data.in_ch, "n_classes": data.n_classes, **arch.get("kwargs", {})}}
-    if not isinstance(make_net(arch["arch"], **arch["kwargs"]), ZooCNN):
-        raise ValueError(f"make_zoo trains the zoo CNNs (cnn_small, cnn_digits, cnn_large), not {arch['arch']!r}")
+    batched = isinstance(make_net(arch["arch"], **arch["kwargs"]), ZooCNN)
     settings = dict(format=ZOO_FORMAT, dataset=dataset, data_folder=None if data_folder is None else str(data_folder),
                     arch=arch, kind=kind, seed=seed, n_models=n_models, epochs=epochs, batch_size=batch_size,
                     chunk_size=chunk_size, grid=grid, device=device, models=model_configs(n_models, grid, kind, seed))
-    if train_images is not None:  # only when used, so zoos made before this option still resume
-        train_subset(data, train_images)  # checks n before any work starts
-        settings["train_images"] = train_images
+    for key, n, check in (("train_images", train_images, train_subset), ("test_images", test_images, test_subset),
+                          ("image_size", image_size, resize_images)):
+        if n is not None:   # only when used, so zoos made before these options still resume
+            check(data, n)  # checks n before any work starts
+            settings[key] = n
     settings = json.loads(json.dumps(settings))
     if (dest/"zoo.json").exists():
         old = load_json(dest/"zoo.json")
@@ -204,6 +226,9 @@ def make_zoo(
         _claim(settings, dest/"zoo.json")
     if gone := clean_orphans(dest/"models"):
         warnings.warn(f"make_zoo: removed {len(gone)} temporary file(s) a killed run left in {dest/'models'}", stacklevel=2)
+    if not batched:
+        if todo := [i for i in range(n_models) if not _model_file(dest, i, "json").exists()]: _train_alone(dest, settings, todo, progress)
+        return load_zoo(dest)
     todo = [c for c in plan_chunks(settings["models"], chunk_size)
             if not all(_model_file(dest, i, "json").exists() for i in c)]
     if todo: _run_chunks(dest, todo, settings, n_workers, progress)

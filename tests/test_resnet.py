@@ -6,17 +6,18 @@ import pytest
 import torch
 from torch import nn
 
-from sane_nb import resnet
-from sane_nb.resnet import resnet_data, make_resnet_zoo, memory_profile, resnet_config, peak_memory_mb
-from sane_nb.sample import accuracy
+from sane_nb import zoo as zoo_module
+from sane_nb.resnet import resnet_data, memory_profile, resnet_config, peak_memory_mb, RESNET_POINT
+from sane_nb.nets import accuracy
 from sane_nb.data import write_idx
-from sane_nb.zoo import load_zoo
+from sane_nb.zoo import load_zoo, make_zoo
 from sane_nb.nets import make_net
 from sane_nb.model import SANE, SaneConfig
 from sane_nb.align import permutation_spec, random_permutation, weight_matching, apply_permutation
 
 torch.set_num_threads(1)
-SMALL = dict(n_models=2, epochs=2, n_train=8, n_test=8, batch_size=4, progress=False)
+SMALL = dict(dataset="digits", n_models=2, epochs=2, kind="seed", arch="resnet18", grid=RESNET_POINT, train_images=10,
+             test_images=8, image_size=32, batch_size=4, progress=False)
 
 
 def test_digits_upsampled_and_idx_padded(tmp_path):
@@ -34,8 +35,16 @@ def test_digits_upsampled_and_idx_padded(tmp_path):
     with pytest.raises(ValueError, match="28x28 images to 16x16"): resnet_data("fashion_mnist", size=16, folder=tmp_path)
 
 
+def test_the_old_maker_is_a_deprecated_call_of_make_zoo(tmp_path):
+    from sane_nb.resnet import make_resnet_zoo
+    with pytest.warns(DeprecationWarning, match="make_zoo"):
+        old = make_resnet_zoo(tmp_path/"old", n_models=2, epochs=2, n_train=10, n_test=8, batch_size=4, progress=False, device="cpu")
+    new = make_zoo(tmp_path/"new", **SMALL)
+    assert all(torch.equal(old[i][0][k], new[i][0][k]) for i in range(len(new)) for k in new[i][0])
+
+
 def test_zoo_is_native_and_epoch0_is_the_init(tmp_path):
-    zoo = make_resnet_zoo(tmp_path/"z", **SMALL)
+    zoo = make_zoo(tmp_path/"z", **SMALL)
     assert len(zoo) == 6 and zoo.epochs == [0, 1, 2] and zoo.format == "native"
     assert not (tmp_path/"z"/"partial").exists()
     sd, p = zoo[3]
@@ -43,28 +52,28 @@ def test_zoo_is_native_and_epoch0_is_the_init(tmp_path):
     init = make_net("resnet18", in_ch=1, n_classes=10, init="kaiming_uniform", seed=p["seed"]).state_dict()
     assert list(sd) == list(init) and all(torch.equal(sd[k], init[k]) for k in init)
     net = zoo.make_model(5)
-    data = resnet_data("digits", n_train=8, n_test=8)
+    data = resnet_data("digits", n_train=10, n_test=8)   # the zoo's images
     loss, acc = accuracy(net, data.x_test, data.y_test, with_loss=True)
     assert math.isclose(acc, zoo.props["test_acc"][5], abs_tol=1e-6) and math.isclose(loss, zoo.props["test_loss"][5], rel_tol=1e-4)
-    assert int(zoo[5][0]["bn1.num_batches_tracked"]) == 2*2  # 8 images in batches of 4, two epochs
-    with pytest.raises(ValueError, match="epochs"): make_resnet_zoo(tmp_path/"z", **{**SMALL, "epochs": 3})
+    assert int(zoo[5][0]["bn1.num_batches_tracked"]) == 3*2  # 10 images in batches of 4, two epochs
+    with pytest.raises(ValueError, match="epochs"): make_zoo(tmp_path/"z", **{**SMALL, "epochs": 3})
 
 
 def test_interrupted_zoo_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    full = make_resnet_zoo(tmp_path/"full", **SMALL)
-    orig = resnet.train_resnet
+    full = make_zoo(tmp_path/"full", **SMALL)
+    orig = zoo_module.train_one
     class Crash(Exception): pass
     def crash_at(ep):
         if ep == 1: raise Crash()
     def crashing(cfg, *a, on_epoch=None, **kw):
         return orig(cfg, *a, on_epoch=crash_at if cfg["seed"] == full.props["seed"][-1] else on_epoch, **kw)
-    monkeypatch.setattr(resnet, "train_resnet", crashing)
-    with pytest.raises(Crash): make_resnet_zoo(tmp_path/"cut", **SMALL)
+    monkeypatch.setattr(zoo_module, "train_one", crashing)
+    with pytest.raises(Crash): make_zoo(tmp_path/"cut", **SMALL)
     part = tmp_path/"cut"/"partial"/"00001"
     assert (part/"epoch_0001.safetensors").exists() and not (part/"epoch_0002.safetensors").exists()
-    monkeypatch.setattr(resnet, "train_resnet", orig)
+    monkeypatch.setattr(zoo_module, "train_one", orig)
     with pytest.warns(UserWarning, match="unfinished"): assert len(load_zoo(tmp_path/"cut")) == 3
-    cut = make_resnet_zoo(tmp_path/"cut", **SMALL)
+    cut = make_zoo(tmp_path/"cut", **SMALL)
     assert not (tmp_path/"cut"/"partial").exists()
     for i in range(len(full)):
         a, b = full[i][0], cut[i][0]

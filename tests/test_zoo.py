@@ -114,8 +114,9 @@ def test_make_zoo_refuses_other_settings_and_keeps_files(tmp_path):
     with pytest.raises(ValueError, match="zoo.json.*n_models"):
         make_zoo(tmp_path/"z", n_models=3, epochs=1, kind="seed", n_workers=1, progress=False)
     assert before == {p: p.read_bytes() for p in (tmp_path/"z").rglob("*") if p.is_file()}
-    with pytest.raises(ValueError, match="resnet18"):
-        make_zoo(tmp_path/"r", arch="resnet18", n_models=1, epochs=1, progress=False)
+    with pytest.raises((ValueError, KeyError), match="vgg"):
+        make_zoo(tmp_path/"r", arch="vgg", n_models=1, epochs=1, progress=False)
+    assert not (tmp_path/"r").exists()
     assert len(z) == 4
 
 

@@ -16,7 +16,8 @@ from ..dataset import tokenize_zoo, token_loaders
 from ..train import Callback, pretrain
 from ..probe import encode_tokens
 from ..sample import sample_models, prompt_tokens
-from ..resnet import make_resnet_zoo, resnet_data, resnet_config, memory_profile, peak_memory_mb, sample_vs_scratch
+from ..zoo import make_zoo
+from ..resnet import RESNET_POINT, resnet_data, resnet_config, memory_profile, peak_memory_mb, sample_vs_scratch
 
 # %% auto #0
 __all__ = ['SIZES', 'bench_pipeline', 'bench_gpu', 'run']
@@ -44,8 +45,9 @@ def bench_pipeline(
     sz = SIZES[quick]
     folder = Path(folder or cache_path()/"bench_resnet18")
     t0 = time.time()
-    zoo = make_resnet_zoo(folder/f"seed_{sz['n_models']}x{sz['epochs']}_{sz['n_train']}", sz["n_models"], sz["epochs"],
-                          n_train=sz["n_train"], n_test=sz["n_test"], progress=False)
+    zoo = make_zoo(folder/f"seed_{sz['n_models']}x{sz['epochs']}_{sz['n_train']}", "digits", sz["n_models"], sz["epochs"],
+                   grid=RESNET_POINT, kind="seed", arch="resnet18", batch_size=32, train_images=sz["n_train"],
+                   test_images=sz["n_test"], image_size=32, n_workers=1, progress=False)
     res, t_zoo = {"zoo": repr(zoo)}, time.time() - t0
     data = resnet_data("digits", sz["n_train"], sz["n_test"])
     with tempfile.TemporaryDirectory() as tmp:

@@ -17,7 +17,8 @@ from ..nets import make_net
 from ..align import permutation_spec, align_epochs
 from ..tokenize import LayerStats
 from ..model import SaneConfig
-from ..sample import pretrain_for_sampling, checkpoint_token_zoo, prompt_tokens, sample_models, reconstruct, relative_error, accuracy
+from ..nets import accuracy
+from ..sample import pretrain_for_sampling, checkpoint_token_zoo, prompt_tokens, sample_models, reconstruct, relative_error
 from ..diagnose import diagnose
 from ..evaluate import compare_inits, summarize, noise_baseline, novelty_audit, holdout, class_subset, transpose_images
 
