@@ -67,7 +67,7 @@ def sane_bench(
 def with_config(
     config:str|None,  # a JSON file of options, or None
     given:dict,       # the options as parsed (defaults included)
-    defaults:dict,    # the function's defaults
+    defaults:dict,    # the options a config file may set, with their defaults
 )->dict:
     "Merge options: command line (where it differs from the default) > JSON config file > defaults"
     if config is None: return given
@@ -79,38 +79,42 @@ def with_config(
     return {k: v if v != defaults.get(k) else cfg.get(k, v) for k, v in given.items()}
 
 # %% ../nbs/10b_cli.ipynb #a7695917
-def _device(device:str)->str|None:
-    "The device an option names ('auto': None, the library's default), refused with a clear line where PyTorch has none"
+def _device(device:str|None)->str|None:
+    "The device an option names ('auto': None), refused with a clear line where PyTorch has none"
     import torch
     if device in (None, "auto"): return None
     try: d = torch.device(device)
-    except (RuntimeError, ValueError): raise ValueError(f"option --device: unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    except (RuntimeError, ValueError): raise ValueError(f"option 'device': unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if d.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"option --device: {device!r} asked for, but PyTorch sees no CUDA GPU (torch {torch.__version__}"
+        raise ValueError(f"option 'device': {device!r} asked for, but PyTorch sees no CUDA GPU (torch {torch.__version__}"
                          f"{', a CPU-only build' if torch.version.cuda is None else ''}); use --device cpu")
     if d.type == "cuda" and (d.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"option --device: {device!r} asked for, but PyTorch sees {torch.cuda.device_count()} CUDA GPU(s)")
+        raise ValueError(f"option 'device': {device!r} asked for, but PyTorch sees {torch.cuda.device_count()} CUDA GPU(s)")
     if d.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"option --device: 'mps' asked for, but Apple's MPS is not available here; use --device cpu")
+        raise ValueError(f"option 'device': 'mps' asked for, but Apple's MPS is not available here; use --device cpu")
     return str(d)
 
-def _run(fn, config, given, defaults, threads=None, name=None):
-    "Call a pipeline function with merged options on `threads` CPU threads; errors become one clear line, not a traceback"
-    name = name or fn.__name__
-    import warnings
-    from sane_nb.core import set_threads
+def _run(
+    name:str,          # the function the command calls: prefixes its error lines
+    fn,                # called with the merged options (less `threads`)
+    config:str|None,   # --config, a JSON file of the command's options
+    given:dict,        # the command's options as parsed
+    defaults:dict,     # the command's defaults (the options a config file may set)
+    auto=None,         # what --device auto means (default: `default_device`)
+)->tuple:              # (what fn returned, where it computed: "cpu, 2 CPU threads")
+    "Merge options (command line > config file > defaults), set threads and device, call `fn`; errors become one clear line"
+    import warnings, torch
+    from sane_nb.core import set_threads, default_device
     warnings.formatwarning = lambda msg, cat, *a, **k: f"{cat.__name__}: {msg}\n"   # one line, not a source excerpt
     try:
-        n, opts = set_threads(threads), with_config(config, given, defaults)
-        if "device" in opts:
-            opts["device"] = _device(opts["device"])
-            from sane_nb.core import default_device
-            import torch
-            n = torch.get_num_threads()   # what PyTorch will use, read back
-            print(f"{name}: on {opts['device'] or default_device()}, {n} CPU thread{'s'*(n > 1)}", file=sys.stderr, flush=True)
-        return fn(**opts)
+        opts = with_config(config, given, defaults)
+        set_threads(opts.pop("threads", None))
+        n = torch.get_num_threads()   # what PyTorch will use, read back
+        if "device" in opts: opts["device"] = _device(opts["device"]) or str((auto or default_device)())
+        where = f"{opts.get('device', 'cpu')}, {n} CPU thread{'s'*(n > 1)}"
+        return fn(**opts), where
     except (ValueError, FileNotFoundError, KeyError, ConnectionError) as e:
-        msg = str(e).strip("'")   # (a KeyError's message comes quoted)
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)   # (str() of a KeyError adds quotes)
         raise SystemExit(msg if msg.startswith(name) else f"{name}: {msg}") from None
     except OSError as e:          # a full disk, a read-only folder, a permission: say which and where, no traceback
         where = f" ({Path(e.filename).parent})" if e.filename else ""
@@ -121,8 +125,8 @@ def _table(rows:dict)->str:
     return "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows.items())])
 
 # %% ../nbs/10b_cli.ipynb #4af992c9
-def _zoo(dest, dataset, n_models, epochs, kind, seed, train_images, n_workers, grid, device):
-    "make_zoo with the command line's checks: a zoo big enough to split, a grid from a JSON file, the device"
+def _zoo(dest, dataset, n_models, epochs, kind, seed, train_images, n_workers, grid, data_folder, device):
+    "make_zoo with the command line's checks: a zoo big enough to split, a grid from a JSON file"
     from sane_nb.zoo import make_zoo
     from sane_nb.pipeline import MIN_MODELS
     from sane_nb.core import load_json
@@ -133,9 +137,9 @@ def _zoo(dest, dataset, n_models, epochs, kind, seed, train_images, n_workers, g
         path, grid = grid, load_json(grid)
         if not isinstance(grid, dict): raise ValueError(f"option 'grid': {path} holds no JSON object of hyperparameter lists")
     return make_zoo(dest, dataset, n_models=n_models, epochs=epochs, kind=kind, seed=seed, train_images=train_images,
-                    n_workers=n_workers, grid=grid, device=None if device == "cpu" else device)
+                    n_workers=n_workers, grid=grid, data_folder=data_folder, device=device)
 
-def _zoo_table(zoo)->str:
+def _zoo_table(zoo, where:str)->str:
     "The zoo at a glance: size, and the spread of final test accuracies"
     import numpy as np
     last = zoo.props["epoch"] == max(zoo.epochs)
@@ -143,7 +147,7 @@ def _zoo_table(zoo)->str:
     return _table({"zoo": zoo.path, "models x checkpoints": f"{len(zoo.models)} x {len(zoo.epochs)} = {len(zoo)}",
                    "architecture": zoo.arch["arch"],
                    "final test accuracy (min / median / max)": f"{acc.min():.3f} / {np.median(acc):.3f} / {acc.max():.3f}",
-                   "models near chance (< 0.15)": int((acc < .15).sum())})
+                   "models near chance (< 0.15)": int((acc < .15).sum()), "computed on": where})
 
 @call_parse
 def sane_zoo(
@@ -155,6 +159,7 @@ def sane_zoo(
     seed:int=0,               # zoo seed
     train_images:int=None,    # train every model on a fixed, seeded subset of this many training images (default: all)
     grid:str=None,            # JSON file of hyperparameter lists replacing the default grid's (see sane_nb.zoo.model_configs)
+    data_folder:str=None,     # folder of the MNIST / Fashion-MNIST IDX files (default: $SANE_DATA, or where the OS keeps them)
     n_workers:int=2,          # training processes (one thread each)
     device:str="auto",        # auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:N
     threads:int=None,         # PyTorch CPU threads of this process (default: $SANE_THREADS, else every core it may use)
@@ -162,23 +167,25 @@ def sane_zoo(
 ):
     "Train a model zoo (resumable); prints the zoo at a glance"
     import torch
-    if device == "auto": device = "cuda" if torch.cuda.is_available() else "cpu"   # zoos: a CUDA GPU if there is one, else the CPU
-    d = dict(dataset="digits", n_models=20, epochs=10, kind="hyper", seed=0, train_images=None, grid=None, n_workers=2, device="auto")
-    zoo = _run(_zoo, config, dict(dest=dest, dataset=dataset, n_models=n_models, epochs=epochs, kind=kind, seed=seed,
-                                  train_images=train_images, grid=grid, n_workers=n_workers, device=device), d, threads, "make_zoo")
-    print(_zoo_table(zoo))
+    d = dict(dataset="digits", n_models=20, epochs=10, kind="hyper", seed=0, train_images=None, grid=None, data_folder=None,
+             n_workers=2, device="auto", threads=None)
+    zoo, where = _run("make_zoo", lambda device, **o: _zoo(device=None if device == "cpu" else device, **o), config,
+                      dict(dest=dest, dataset=dataset, n_models=n_models, epochs=epochs, kind=kind, seed=seed, train_images=train_images,
+                           grid=grid, data_folder=data_folder, n_workers=n_workers, device=device, threads=threads), d,
+                      auto=lambda: "cuda" if torch.cuda.is_available() else "cpu")   # zoos: a CUDA GPU if there is one, else the CPU
+    print(_zoo_table(zoo, where))
 
 # %% ../nbs/10b_cli.ipynb #3fe21870
-def _run_table(info:dict, out:str)->str:
+def _run_table(info:dict, out:str, where:str)->str:
     "A pretraining run at a glance: what was trained, how long, and whether it learned"
     from sane_nb.diagnose import Diagnosis
-    c = info["config"]
     from sane_nb.core import load_json
+    c = info["config"]
     diag = Diagnosis.from_dict(load_json(Path(out, "diagnosis.json")))
     return "\n".join([_table({"run": Path(out).resolve(), "zoo": info["zoo"], "SANE": f"preset {info['preset']}: d_model {c['d_model']}, "
                                f"{c['n_layers']}+{c['n_layers']} layers, latent {c['lat_dim']} per token of {c['tokensize']}, window {c['windowsize']}",
                                "training": f"{info['steps']} steps of {info['bs']}, lr {info['lr']}, {info['pretrain_s']:.0f} s",
-                               "loss": f"{info['loss_first']:.3f} -> {info['loss_last']:.3f}",
+                               "loss": f"{info['loss_first']:.3f} -> {info['loss_last']:.3f}", "computed on": where,
                                "learned (every check passed)": info["learned"]}), "", diag._repr_markdown_(), "",
                       f"settings: {Path(out, 'run.json')}; diagnosis: {Path(out, 'diagnosis.json')}"])
 
@@ -193,17 +200,17 @@ def sane_pretrain(
     tokensize:int=0,          # token length (0: one token per neuron, published)
     windowsize:int=0,         # tokens per window (0: the whole model)
     min_acc:float=0.0,        # train on checkpoints at least this accurate
-    seed:int=0,               # seed
+    seed:int=0,               # seed of the split offset, the SANE's initialisation and the windows
     device:str="auto",        # auto, cpu, cuda, cuda:N or mps (auto: a CUDA GPU, else MPS, else the CPU)
     threads:int=None,         # PyTorch CPU threads (default: $SANE_THREADS, else every core this process may use)
     config:str=None,          # JSON file of these options
 ):
     "Tokenize a zoo and pretrain a SANE on it (resumable); prints the run at a glance and its diagnosis"
     from sane_nb.pipeline import pretrain_run
-    d = dict(preset="small", steps=1000, bs=16, lr=1e-3, tokensize=0, windowsize=0, min_acc=0.0, seed=0, device="auto")
-    info = _run(pretrain_run, config, dict(zoo=zoo, out=out, preset=preset, steps=steps, bs=bs, lr=lr, tokensize=tokensize,
-                                           windowsize=windowsize, min_acc=min_acc, seed=seed, device=device), d, threads)
-    print(_run_table(info, out))
+    d = dict(preset="small", steps=1000, bs=16, lr=1e-3, tokensize=0, windowsize=0, min_acc=0.0, seed=0, device="auto", threads=None)
+    info, where = _run("pretrain_run", pretrain_run, config, dict(zoo=zoo, out=out, preset=preset, steps=steps, bs=bs, lr=lr,
+                       tokensize=tokensize, windowsize=windowsize, min_acc=min_acc, seed=seed, device=device, threads=threads), d)
+    print(_run_table(info, out, where))
 
 # %% ../nbs/10b_cli.ipynb #42a3ddb9
 @call_parse
@@ -211,28 +218,29 @@ def sane_probe(
     run:str,                  # run folder of sane_pretrain
     out:str=None,             # output folder (default RUN/probe)
     linear_only:bool=False,   # skip the non-linear (gradient boosting) probes
-    seed:int=0,
+    seed:int=0,               # random state of the non-linear probes and of the untrained SANE (the floor)
     device:str="auto",        # where to embed: auto, cpu, cuda, cuda:N or mps
     threads:int=None,         # PyTorch CPU threads (default: $SANE_THREADS, else every core this process may use)
     config:str=None,          # JSON file of these options
 ):
     "Predict model properties from SANE embeddings against s(W) and W; prints R² per representation"
     from sane_nb.pipeline import probe_run
-    fam = ("linear",) if linear_only else ("linear", "nonlinear")
-    table = _run(probe_run, config, dict(run=run, out=out, families=fam, seed=seed, device=device),
-                 dict(families=("linear", "nonlinear"), seed=0, device="auto"), threads)
+    probe = lambda linear_only, **o: probe_run(families=("linear",) if linear_only else ("linear", "nonlinear"), **o)
+    table, where = _run("probe_run", probe, config, dict(run=run, out=out, linear_only=linear_only, seed=seed, device=device, threads=threads),
+                        dict(out=None, linear_only=False, seed=0, device="auto", threads=None))
     dest = Path(out or Path(run)/"probe")
     print(table.summary())
-    print(f"\nR² on the test models (1 = perfect, 0 = the mean). Every row, Kendall τ and the categorical targets: "
-          f"{dest/'probe.md'} and {dest/'probe.json'}")
+    print(f"\nR² on the test models (1 = perfect, 0 = the mean), computed on {where}. Every row, Kendall τ and the "
+          f"categorical targets: {dest/'probe.md'} and {dest/'probe.json'}")
 
 # %% ../nbs/10b_cli.ipynb #50fd75ba
 def _sample_table(res:dict)->str:
     "Fine-tuned test accuracy per method (mean ± std over populations), and how far the samples are from the prompts"
-    acc = res["acc"]
+    acc, many = res["acc"], res.get("populations", 2) > 1
     eps = [e for e in acc["sane"] if not e.endswith("_std")]
+    cell = lambda m, e: f"{acc[m][e]:.3f} ± {acc[m][e + '_std']:.3f}" if many else f"{acc[m][e]:.3f}"
     return "\n".join(["| method | " + " | ".join(f"epoch {e}" for e in eps) + " |", "|---|" + "---|"*len(eps),
-                      *(f"| {m} | " + " | ".join(f"{acc[m][e]:.3f} ± {acc[m][e + '_std']:.3f}" for e in eps) + " |" for m in acc),
+                      *(f"| {m} | " + " | ".join(cell(m, e) for e in eps) + " |" for m in acc),
                       "", f"prompt reconstruction error {res['recon_rel_err']:.3f}; mean distance of the samples to their "
                       f"prompts {res['dist_to_prompt']:.3f}"])
 
@@ -246,20 +254,22 @@ def sane_sample(
     populations:int=3,        # sampled populations
     k:int=20,                 # candidates per population for subsampling (0: none)
     dataset:str=None,         # image dataset (default: the zoo's)
-    seed:int=0,
+    seed:int=0,               # seed of the novelty audit's samples (populations are seeded by their index)
     device:str="auto",        # where to sample and fine-tune: auto, cpu, cuda, cuda:N or mps
     threads:int=None,         # PyTorch CPU threads (default: $SANE_THREADS, else every core this process may use)
     config:str=None,          # JSON file of these options
 ):
     "Sample models from a pretrained SANE and compare them with baselines; prints test accuracy per method and epoch"
     from sane_nb.pipeline import sample_run
-    d = dict(n=5, n_prompts=5, epochs=5, populations=3, k=20, dataset=None, seed=0, device="auto")
-    res = _run(sample_run, config, dict(run=run, out=out, n=n, n_prompts=n_prompts, epochs=epochs, populations=populations,
-                                        k=k or None, dataset=dataset, seed=seed, device=device), d, threads)
+    d = dict(out=None, n=5, n_prompts=5, epochs=5, populations=3, k=20, dataset=None, seed=0, device="auto", threads=None)
+    res, where = _run("sample_run", lambda k, **o: sample_run(k=k or None, **o), config,
+                      dict(run=run, out=out, n=n, n_prompts=n_prompts, epochs=epochs, populations=populations, k=k,
+                           dataset=dataset, seed=seed, device=device, threads=threads), d)
     dest = Path(out or Path(run)/"sample")
     print(_sample_table(res))
-    print(f"\nTest accuracy after fine-tuning (mean ± std over {populations} populations). Everything, with the novelty "
-          f"audit: {dest/'sample.json'}; curves: {dest/'curves.png'}")
+    p = res["populations"]
+    print(f"\nTest accuracy after fine-tuning ({'mean ± std over ' + str(p) + ' populations' if p > 1 else 'one population'}), "
+          f"computed on {where}. Everything, with the novelty audit: {dest/'sample.json'}; curves: {dest/'curves.png'}")
 
 # %% ../nbs/10b_cli.ipynb #5e674eb0
 @call_parse
@@ -271,6 +281,6 @@ def sane_demo(
 ):
     "The whole method on the bundled digits data: zoo, pretraining, probing, sampling, and a report (resumable)"
     from sane_nb.pipeline import demo
-    _run(demo, None, dict(out=out, quick=quick, device=device), {}, threads)
+    _, where = _run("demo", demo, None, dict(out=out, quick=quick, device=device, threads=threads), {})
     print(Path(out, "report.md").read_text())
-    print(f"report: {Path(out).resolve()/'report.md'}")
+    print(f"report: {Path(out).resolve()/'report.md'} (computed on {where})")

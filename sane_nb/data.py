@@ -106,7 +106,7 @@ def _find_idx(folder:Path, stem:str, name:str)->Path:
     raise FileNotFoundError(f"{folder/stem}(.gz) not found for dataset {name!r}. Get it with "
         + ("`apt-get install dataset-fashion-mnist`" if name == "fashion_mnist" else
            "the MNIST IDX files from a mirror of yann.lecun.com/exdb/mnist")
-        + f", or pass folder= (or set $SANE_DATA to a folder holding {name}/)")
+        + f", and point to its folder: folder= in Python, --data_folder on the command line, or $SANE_DATA holding {name}/")
 
 def load_idx_dataset(
     name:str="fashion_mnist",      # "mnist" or "fashion_mnist" (used for the default folder and messages)

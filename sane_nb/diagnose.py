@@ -146,12 +146,14 @@ class Diagnosis:
         "check name -> (value, requirement, passed)"
         r, rec = self.retrieval, self.reconstruction
         out = {"bottleneck": (f"{self.lat_dim}/{self.tokensize}", "lat_dim < tokensize", self.lat_dim < self.tokensize),
-               "retrieval": (r["top1"], f">= {10*r['top1_chance']:.3f} (10x chance)", r["top1"] >= 10*r["top1_chance"]),
+               "retrieval": (r["top1"], f">= {10*r['top1_chance']:.3f} (10x chance)" if 10*r["top1_chance"] < 1 else
+                             f">= 10x chance ({10*r['top1_chance']:.2f}): not reachable with batches of {round(1/r['top1_chance'] + 1)//2} "
+                             f"validation models; use a zoo with more", r["top1"] >= 10*r["top1_chance"]),
                "contrastive": (r["nt_xent"], f"< {r['nt_xent_chance'] - 0.5:.3f} (chance - 0.5)", r["nt_xent"] < r["nt_xent_chance"] - 0.5)}
         if "by_quartile" in rec:
             out["reconstruction"] = (rec["by_quartile"][-1], "< 0.3 (best quartile)", rec["by_quartile"][-1] < 0.3)
         if self.floor is not None:
-            out["floor"] = (self.floor["trained"], f"> {self.floor['random_init']:.3f} (untrained SANE)",
+            out["floor"] = (self.floor["trained"], f"> {self.floor['random_init']:.4f} (untrained SANE)",
                             self.floor["trained"] > self.floor["random_init"])
         return out
     @property
@@ -164,8 +166,11 @@ class Diagnosis:
         return asdict(self) | {"checks": {k: {"value": v, "requirement": q, "passed": ok} for k, (v, q, ok) in self.checks().items()},
                                "learned": self.learned}
     def _repr_markdown_(self):
-        fmt = lambda v: ("— (not measurable)" if v != v else f"{v:.3f}") if isinstance(v, float) else str(v)
-        rows = [f"| {k} | {fmt(v)} | {q} | {'yes' if ok else '**no**'} |" for k, (v, q, ok) in self.checks().items()]
+        def fmt(k, v):   # the floor with 4 digits: it is compared with the untrained SANE's, often close
+            if not isinstance(v, float): return str(v)
+            return "— (not measurable)" if v != v else f"{v:.4f}" if k == "floor" else f"{v:.3f}"
+        verdict = lambda v, ok: "yes" if ok else "**no** (not measured)" if isinstance(v, float) and v != v else "**no**"
+        rows = [f"| {k} | {fmt(k, v)} | {q} | {verdict(v, ok)} |" for k, (v, q, ok) in self.checks().items()]
         return "\n".join(["| check | value | requirement | passed |", "|---|---|---|---|", *rows])
     def __repr__(self):
         return f"Diagnosis({'learned' if self.learned else 'NOT learned'}: " + ", ".join(

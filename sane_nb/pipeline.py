@@ -190,7 +190,7 @@ def sample_run(
     rec = relative_error(reconstruct(sane, prompts, run.tz.stats), prompts)
     res = compare_inits(sane, prompts, run.tz.stats, make_model, data, n=n, epochs=epochs, populations=populations, k=k,
                         init=str(P["init"][ids[0]]) if "init" in P else None, device=dev, progress=progress)
-    summary = {"acc": summarize(res, (0, 1, epochs)), "recon_rel_err": float(rec.mean()), "prompt_ids": ids,
+    summary = {"acc": summarize(res, (0, 1, epochs)), "populations": populations, "recon_rel_err": float(rec.mean()), "prompt_ids": ids,
                "prompt_acc": [float(run.tz.props["test_acc"][i]) for i in ids], "dist_to_prompt": float(res["dist"].mean())}
     if audit:
         train_data, val = holdout(data)
@@ -260,7 +260,7 @@ def demo_report(res:dict)->str:
         "Full table (linear and non-linear probes, Kendall τ): `probe/probe.md`; the embeddings' principal components "
         "coloured by accuracy and epoch: `probe/pca.png`.", "",
         "## Sampled models (test accuracy after fine-tuning epochs, mean ± std over sampled populations)", "",
-        f"`sane`: models sampled from SANE around the {len(s['prompt_ids'])} best training models (the prompts); "
+        f"`sane`: models sampled from SANE around the {len(s['prompt_ids'])} best training checkpoints (the prompts); "
         "`scratch`: random initialisation; `prompts`: the prompt models themselves; `noise`: prompts plus Gaussian "
         "noise as far from them as the samples are (isotropic in raw weights); `noise_layer`: the same with the noise "
         "scaled per layer like SANE's. Both noise baselines are subsampled on validation images exactly as SANE's "

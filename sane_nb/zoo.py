@@ -27,8 +27,9 @@ DEFAULT_GRID = dict(act=["tanh", "relu", "sigmoid", "gelu"],
                     init=["uniform", "normal", "kaiming_uniform", "kaiming_normal"],
                     optimizer=["adam", "sgd"], lr=[3e-2, 1e-2, 3e-3, 1e-3], wd=[0., 1e-3], dropout=[0., 0.1])
 SEED_POINT = dict(act="tanh", init="kaiming_uniform", optimizer="adam", lr=1e-3, wd=0., dropout=0.)
+def _num(v): return isinstance(v, (int, float)) and not isinstance(v, bool)
 _CHECKS = dict(act=lambda v: v in ACTIVATIONS, init=lambda v: v in INITS, optimizer=lambda v: v in ("adam", "sgd"),
-               lr=lambda v: v > 0, wd=lambda v: v >= 0, dropout=lambda v: 0 <= v < 1)
+               lr=lambda v: _num(v) and v > 0, wd=lambda v: _num(v) and v >= 0, dropout=lambda v: _num(v) and 0 <= v < 1)
 
 def model_configs(
     n_models:int,          # number of models in the zoo
@@ -42,6 +43,7 @@ def model_configs(
     bad = set(grid) - set(_CHECKS)
     if bad: raise ValueError(f"unknown grid keys {sorted(bad)}; known: {sorted(_CHECKS)}")
     for k, vs in grid.items():
+        if not len(vs): raise ValueError(f"grid[{k!r}]: no values (give at least one)")
         for v in vs:
             if not _CHECKS[k](v): raise ValueError(f"grid[{k!r}]: invalid value {v!r}")
     if kind == "seed":
