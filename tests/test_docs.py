@@ -35,7 +35,7 @@ def dump_dom(url, wait_ms=0):
 
 @pytest.mark.parametrize("page,title,signature", [
     ("index.html", "sane_nb", "Citing SANE"),
-    ("core.html", "Core", "seed_everything"),
+    ("api/core.html", "Core", "seed_everything"),
 ])
 def test_page_renders(site, page, title, signature):
     dom = dump_dom(f"{site}/{page}")
@@ -44,7 +44,7 @@ def test_page_renders(site, page, title, signature):
     assert "Traceback (most recent call last)" not in dom
 
 def test_core_page_shows_rendered_signatures(site):
-    dom = dump_dom(f"{site}/core.html")
+    dom = dump_dom(f"{site}/api/core.html")
     assert "atomic_write" in dom and "load_torch" in dom
     assert "weights_only=True" in dom     # prose and the rendered docstring of load_torch
 
@@ -56,11 +56,11 @@ def test_no_page_holds_an_error():
 
 def test_math_renders_offline(site):
     "Formulas are typeset by the MathJax copied into the site, not left as raw TeX (no CDN is reachable offline)"
-    dom = dump_dom(f"{site}/losses.html", wait_ms=15000)
+    dom = dump_dom(f"{site}/api/losses.html", wait_ms=15000)
     assert "MathJax" in dom and "$\\gamma" not in dom
 
 def test_sectioned_navigation_and_contents(site):
-    dom = dump_dom(f"{site}/dataset.html", wait_ms=3000)
+    dom = dump_dom(f"{site}/api/dataset.html", wait_ms=3000)
     for sec in ("Start", "Stages", "Tutorials", "Benchmarks"): assert f"<h4>{sec}</h4>" in dom
     assert "<b>On this page</b>" in dom and 'class="here"' in dom
 

@@ -46,14 +46,14 @@ document.addEventListener("DOMContentLoaded", function(){
 HOSTED = "https://sane-nb.github.io/sane_nb/"          # where nbdev_docs publishes the site
 SOURCE = "https://github.com/sane-nb/sane_nb/blob/main/"  # where the source links of show_doc point
 
-def section(out:str)->str:
-    "The navigation section of a page"
+SECTIONS = {"explanations": "Explanations", "api": "Stages", "tutorials": "Tutorials", "bench": "Benchmarks"}  # folders of nbs/
+
+def section(out:str)->str|None:
+    "The navigation section of a page: the index starts, then one section per folder of nbs/"
     p = Path(out)
-    if (p.stem == "index" and len(p.parts) == 1) or p.stem == "method": return "Start"
-    if p.parts[0] == "tutorials": return "Tutorials"
+    if p.stem == "index" and len(p.parts) == 1: return "Start"
     if "old_names" in p.parts: return None              # deprecation aliases: built, not listed
-    if p.parts[0] == "bench": return "Benchmarks"
-    return "Stages"
+    return SECTIONS.get(p.parts[0])
 
 def offline_links(html:str, depth:str)->str:
     "Links that resolve in the offline build: hosted pages become relative, source links point to the copied sources"
@@ -94,7 +94,7 @@ def cell_errors(nb):
     return errs
 
 def page_order(src):
-    "index first, then the notebooks in their numbered order, then subfolders (tutorials)"
+    "index first, then the notebooks of each folder in their numbered order"
     return (src.stem != "index", len(src.parts), str(src))
 
 def quarto_cells(nb):
@@ -140,7 +140,7 @@ def build(root=None):
         html, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": f"{title} – sane_nb"}})
         depth = "../" * (len(Path(out).parts) - 1)
         nav = ""
-        for sec in ("Start", "Stages", "Tutorials", "Benchmarks"):
+        for sec in ("Start", *SECTIONS.values()):
             items = [(o, t) for o, t in nav_items if section(o) == sec]
             if items: nav += f"<h4>{sec}</h4>" + "".join(f'<a href="{depth}{o}"{" class=here" if o == out else ""}>{t}</a>' for o, t in items)
         html = offline_links(html.replace("</head>", _NAV_CSS + _TOC_JS + "</head>", 1), depth)

@@ -2,9 +2,9 @@
 
 The notebooks in `nbs/` are the source of truth. This tool only makes writing and re-running them easier:
 
-    python tools/nbtool.py py2nb  nbs/03_tokenize.py     # -> nbs/03_tokenize.ipynb (the .py can then be deleted)
-    python tools/nbtool.py nb2py  nbs/03_tokenize.ipynb  # -> nbs/03_tokenize.py, to edit as text
-    python tools/nbtool.py run    nbs/03_tokenize.ipynb  # execute every cell and store the outputs in the notebook
+    python tools/nbtool.py py2nb  nbs/api/03_tokenize.py     # -> nbs/api/03_tokenize.ipynb (the .py can then be deleted)
+    python tools/nbtool.py nb2py  nbs/api/03_tokenize.ipynb  # -> nbs/api/03_tokenize.py, to edit as text
+    python tools/nbtool.py run    nbs/api/03_tokenize.ipynb  # execute every cell and store the outputs in the notebook
 
 Percent format: a line `# %%` starts a code cell, `# %% [markdown]` a markdown cell whose lines start with `# `.
 """
