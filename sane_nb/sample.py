@@ -47,7 +47,7 @@ def checkpoint_token_zoo(
     sds:list,              # state dicts of one architecture, already aligned
     stats:LayerStats,      # the per-layer statistics to standardise with
     tokensize:int,         # token size T
-    dest,                  # folder to write the tokens to
+    dest=None,             # folder to write the tokens to; None: a temporary one, removed with the returned TokenZoo
     props:list|None=None,  # optional properties per state dict (e.g. {"test_acc": ...}), for diagnostics
     n_train:int|None=None, # the first `n_train` are the `train` split, the rest `val` (held-out models); None: all `train`
 ):
@@ -55,7 +55,13 @@ def checkpoint_token_zoo(
     n = len(sds) if n_train is None else n_train
     if not 0 < n <= len(sds): raise ValueError(f"checkpoint_token_zoo: n_train={n_train} must be in 1..{len(sds)}")
     splits = {"train": range(n), **({"val": range(n, len(sds))} if n < len(sds) else {})}
-    return tokenize_zoo(_Checkpoints(sds, props), dest, tokensize=tokensize, splits=splits, align=False, stats=stats, progress=False)
+    tmp = None
+    if dest is None:
+        import tempfile
+        tmp = tempfile.TemporaryDirectory(prefix="sane_tokens_"); dest = tmp.name
+    tz = tokenize_zoo(_Checkpoints(sds, props), dest, tokensize=tokensize, splits=splits, align=False, stats=stats, progress=False)
+    tz._tmp = tmp   # the temporary folder lives as long as the TokenZoo that maps its files
+    return tz
 
 def pretrain_for_sampling(
     sds:list,              # training checkpoints (one architecture), e.g. the good ones of the training split
@@ -70,14 +76,11 @@ def pretrain_for_sampling(
     permute:bool=True,     # view 2 a random function-preserving permutation (published)
     **kw,                  # passed to `pretrain` (device, out, progress, ...)
 )->SANE:
-    "Train a SANE on standardised (aligned) checkpoints for `steps` steps and return it in eval mode"
-    import tempfile
-    with tempfile.TemporaryDirectory() as tmp:
-        tz = checkpoint_token_zoo(sds, stats, cfg.tokensize, tmp)
-        if cfg.windowsize > tz.tokens.shape[1]:
-            raise ValueError(f"windowsize {cfg.windowsize} is longer than the {tz.tokens.shape[1]} tokens of a model")
-        sane, _ = pretrain_on_zoo(tz, cfg, steps, bs, lr, seed, noise, permute, gamma=gamma, **kw)
-    return sane
+    "Deprecated (one release): `pretrain_on_zoo(checkpoint_token_zoo(sds, stats, cfg.tokensize), cfg, steps, bs, lr, ...)[0]`"
+    import warnings
+    warnings.warn("pretrain_for_sampling is deprecated; use sane_nb.train.pretrain_on_zoo(checkpoint_token_zoo(...), ...)",
+                  DeprecationWarning, stacklevel=2)
+    return pretrain_on_zoo(checkpoint_token_zoo(sds, stats, cfg.tokensize), cfg, steps, bs, lr, seed, noise, permute, gamma=gamma, **kw)[0]
 
 # %% ../nbs/api/09_sample.ipynb #c9c4ca56
 def decode_tokens(

@@ -18,7 +18,8 @@ from ..align import permutation_spec, align_epochs
 from ..tokenize import LayerStats
 from ..model import SaneConfig
 from ..nets import accuracy
-from ..sample import pretrain_for_sampling, checkpoint_token_zoo, prompt_tokens, sample_models, reconstruct, relative_error
+from ..train import pretrain_on_zoo
+from ..sample import checkpoint_token_zoo, prompt_tokens, sample_models, reconstruct, relative_error
 from ..diagnose import diagnose
 from ..evaluate import compare_inits, summarize, noise_baseline, novelty_audit, holdout, class_subset, transpose_images
 
@@ -80,7 +81,8 @@ def bench_zoo(
     N, T = prompt_tokens(prompts[:1], stats, 0)[0].shape[1:]     # one token per neuron: 48 tokens of up to 73 weights
     cfg = SaneConfig(tokensize=T, d_model=128, n_heads=4, n_layers=2, lat_dim=32, windowsize=N, max_positions=[N, 8, 32])
     t0 = time.time()
-    sane = pretrain_for_sampling([sds[i] for i in good], stats, cfg, steps=sz["steps"], bs=sz["bs"])
+    sane, _ = pretrain_on_zoo(checkpoint_token_zoo([sds[i] for i in good], stats, cfg.tokensize), cfg, steps=sz["steps"],
+                              bs=sz["bs"], lr=1e-3, progress=False)
     t_train = time.time() - t0
     held = _aligned_zoo(zoo, by_model(split["val"]), cand[0])   # the diagnosis is on validation models, never trained on
     held_good = [i for i in held if is_good(i)]
