@@ -13,7 +13,7 @@ __all__ = ['BENCH_STAGES', 'bench_module', 'sane_bench', 'with_config', 'sane_zo
            'sane_demo']
 
 # %% ../nbs/api/10b_cli.ipynb #21778664
-BENCH_STAGES = ("zoo", "tokenize", "train", "probe", "sample", "resnet18", "parity")
+BENCH_STAGES = ("zoo", "tokenize", "train", "probe", "sample", "resnet18", "parity", "scaleout")
 
 def _leaves(d, at=""):
     "(path, number or string) for every leaf of a nested summary"
@@ -125,7 +125,7 @@ def _table(rows:dict)->str:
     return "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows.items())])
 
 # %% ../nbs/api/10b_cli.ipynb #4af992c9
-def _zoo(dest, dataset, n_models, epochs, kind, seed, train_images, n_workers, grid, data_folder, device):
+def _zoo(dest, dataset, n_models, epochs, kind, seed, train_images, n_workers, grid, data_folder, device, shard, ray):
     "make_zoo with the command line's checks: a zoo big enough to split, a grid from a JSON file"
     from sane_nb.zoo import make_zoo
     from sane_nb.pipeline import MIN_MODELS
@@ -136,15 +136,22 @@ def _zoo(dest, dataset, n_models, epochs, kind, seed, train_images, n_workers, g
     if isinstance(grid, str):
         path, grid = grid, load_json(grid)
         if not isinstance(grid, dict): raise ValueError(f"option 'grid': {path} holds no JSON object of hyperparameter lists")
-    return make_zoo(dest, dataset, n_models=n_models, epochs=epochs, kind=kind, seed=seed, train_images=train_images,
-                    n_workers=n_workers, grid=grid, data_folder=data_folder, device=device)
+    import warnings
+    with warnings.catch_warnings():   # a shard's zoo is incomplete until every shard is done: the table says so, once
+        if shard: warnings.filterwarnings("ignore", message=".*unfinished.*")
+        return make_zoo(dest, dataset, n_models=n_models, epochs=epochs, kind=kind, seed=seed, train_images=train_images,
+                        n_workers=n_workers, grid=grid, data_folder=data_folder, device=device, shard=shard, ray=ray)
 
-def _zoo_table(zoo, where:str)->str:
+def _zoo_table(zoo, where:str, shard:str|None=None)->str:
     "The zoo at a glance: size, and the spread of final test accuracies"
     import numpy as np
+    if not len(zoo): return _table({"zoo": zoo.path, "shard": f"{shard}: done; no model of the zoo is finished yet", "computed on": where})
     last = zoo.props["epoch"] == max(zoo.epochs)
     acc = np.asarray(zoo.props["test_acc"], float)[last]
-    return _table({"zoo": zoo.path, "models x checkpoints": f"{len(zoo.models)} x {len(zoo.epochs)} = {len(zoo)}",
+    n = zoo.meta.get("n_models", len(zoo.models))
+    return _table({"zoo": zoo.path, **({"shard": f"{shard}: done; {len(zoo.models)} of the zoo's {n} models are finished"
+                                         + ("" if len(zoo.models) == n else " (the zoo is complete when every shard is)")} if shard else {}),
+                   "models x checkpoints": f"{len(zoo.models)} x {len(zoo.epochs)} = {len(zoo)}",
                    "architecture": zoo.arch["arch"],
                    "final test accuracy (min / median / max)": f"{acc.min():.3f} / {np.median(acc):.3f} / {acc.max():.3f}",
                    "models near chance (< 0.15)": int((acc < .15).sum()), "computed on": where})
@@ -160,20 +167,25 @@ def sane_zoo(
     train_images:int=None,    # train every model on a fixed, seeded subset of this many training images (default: all)
     grid:str=None,            # JSON file of hyperparameter lists replacing the default grid's (see sane_nb.zoo.model_configs)
     data_folder:str=None,     # folder of the MNIST / Fashion-MNIST IDX files (default: $SANE_DATA, or where the OS keeps them)
-    n_workers:int=2,          # training processes (one thread each)
+    n_workers:int=2,          # training processes (one thread each); with --ray local, the CPUs of the local Ray instance
     device:str="auto",        # auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:N
     threads:int=None,         # PyTorch CPU threads of this process (default: $SANE_THREADS, else every core it may use)
+    shard:str=None,           # I/N: train the I-th (from 0) of N disjoint parts (default: from a SLURM array or $RANK/$WORLD_SIZE)
+    ray:str=None,             # train on Ray: local, auto or a cluster address (pip install "sane_nb[ray]")
     config:str=None,          # JSON file of these options
 ):
-    "Train a model zoo (resumable); prints the zoo at a glance"
+    "Train a model zoo (resumable; in shards or on Ray if asked); prints the zoo at a glance"
     import torch
+    from sane_nb.zoo import shard_from_env
     d = dict(dataset="digits", n_models=20, epochs=10, kind="hyper", seed=0, train_images=None, grid=None, data_folder=None,
-             n_workers=2, device="auto", threads=None)
+             n_workers=2, device="auto", threads=None, shard=None, ray=None)
+    shard = shard or shard_from_env()   # a job array's task, or a torchrun-style rank: its shard
     zoo, where = _run("make_zoo", lambda device, **o: _zoo(device=None if device == "cpu" else device, **o), config,
                       dict(dest=dest, dataset=dataset, n_models=n_models, epochs=epochs, kind=kind, seed=seed, train_images=train_images,
-                           grid=grid, data_folder=data_folder, n_workers=n_workers, device=device, threads=threads), d,
+                           grid=grid, data_folder=data_folder, n_workers=n_workers, device=device, threads=threads,
+                           shard=shard, ray=ray), d,
                       auto=lambda: "cuda" if torch.cuda.is_available() else "cpu")   # zoos: a CUDA GPU if there is one, else the CPU
-    print(_zoo_table(zoo, where))
+    print(_zoo_table(zoo, where, shard if shard not in (None, "0/1") else None))
 
 # %% ../nbs/api/10b_cli.ipynb #3fe21870
 def _run_table(info:dict, out:str, where:str)->str:
@@ -184,7 +196,8 @@ def _run_table(info:dict, out:str, where:str)->str:
     diag = Diagnosis.from_dict(load_json(Path(out, "diagnosis.json")))
     return "\n".join([_table({"run": Path(out).resolve(), "zoo": info["zoo"], "SANE": f"preset {info['preset']}: d_model {c['d_model']}, "
                                f"{c['n_layers']}+{c['n_layers']} layers, latent {c['lat_dim']} per token of {c['tokensize']}, window {c['windowsize']}",
-                               "training": f"{info['steps']} steps of {info['bs']}, lr {info['lr']}, {info['pretrain_s']:.0f} s",
+                               "training": f"{info['steps']} steps of {info['bs']}, lr {info['lr']}, {info['pretrain_s']:.0f} s" + (
+                                   f" ({p} processes: {info['steps']//p} optimiser steps of {p*info['bs']})" if (p := info.get("processes", 1)) > 1 else ""),
                                "loss": f"{info['loss_first']:.3f} -> {info['loss_last']:.3f}", "computed on": where,
                                "learned (every check passed)": info["learned"]}), "", diag._repr_markdown_(), "",
                       f"settings: {Path(out, 'run.json')}; diagnosis: {Path(out, 'diagnosis.json')}"])
@@ -210,7 +223,7 @@ def sane_pretrain(
     d = dict(preset="small", steps=1000, bs=16, lr=1e-3, tokensize=0, windowsize=0, min_acc=0.0, seed=0, device="auto", threads=None)
     info, where = _run("pretrain_run", pretrain_run, config, dict(zoo=zoo, out=out, preset=preset, steps=steps, bs=bs, lr=lr,
                        tokensize=tokensize, windowsize=windowsize, min_acc=min_acc, seed=seed, device=device, threads=threads), d)
-    print(_run_table(info, out, where))
+    if "config" in info: print(_run_table(info, out, where))   # under torchrun: rank 0 reports
 
 # %% ../nbs/api/10b_cli.ipynb #42a3ddb9
 @call_parse

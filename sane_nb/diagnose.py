@@ -148,7 +148,7 @@ class Diagnosis:
         out = {"bottleneck": (f"{self.lat_dim}/{self.tokensize}", "lat_dim < tokensize", self.lat_dim < self.tokensize),
                "retrieval": (r["top1"], f">= {10*r['top1_chance']:.3f} (10x chance)" if 10*r["top1_chance"] < 1 else
                              f">= 10x chance ({10*r['top1_chance']:.2f}): not reachable with batches of {round(1/r['top1_chance'] + 1)//2} "
-                             f"validation models; use a zoo with more", r["top1"] >= 10*r["top1_chance"]),
+                             f"validation checkpoints; use a zoo with more models", r["top1"] >= 10*r["top1_chance"]),
                "contrastive": (r["nt_xent"], f"< {r['nt_xent_chance'] - 0.5:.3f} (chance - 0.5)", r["nt_xent"] < r["nt_xent_chance"] - 0.5)}
         if "by_quartile" in rec:
             out["reconstruction"] = (rec["by_quartile"][-1], "< 0.3 (best quartile)", rec["by_quartile"][-1] < 0.3)

@@ -18,6 +18,7 @@ from .dataset import tokenize_zoo, load_token_zoo
 from .model import SaneConfig, PRESETS, fit_config
 from .probe import predict_properties, representations
 from .train import pretrain_on_zoo, load_sane, latest_checkpoint
+from .distributed import init_distributed, rank, world_size
 from .diagnose import Diagnosis, diagnose, untrained_representations
 from .analysis import plot_pca
 from .evaluate import compare_inits, summarize, plot_curves, holdout, noise_baseline, novelty_audit
@@ -66,25 +67,38 @@ def pretrain_run(
                     windowsize=windowsize, min_acc=min_acc, min_epoch=min_epoch, seed=seed)
     zoo = load_zoo(zoo_path)     # a zoo that cannot be read or split is refused before anything is written
     split = _training_split(zoo, zoo.split(seed=42 + seed), min_acc, min_epoch)
-    if (out/"run.json").exists():
-        old = load_json(out/"run.json")
-        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
-        if diff and latest_checkpoint(out/"sane") is None:   # a run that stopped before training: nothing to keep
-            shutil.rmtree(out/"tokens", ignore_errors=True)
-        elif diff: raise ValueError(f"{out} holds another run (differs in {diff}); use another folder")
-        elif "config" in old: return old                     # finished earlier
-    save_json(settings, out/"run.json")
-    tz = _tokens(zoo, out/"tokens", tokensize, split, progress)
+    init_distributed()           # under torchrun: rank 0 prepares the run folder, every rank trains
+    if rank() == 0 and not _finished(out, settings):
+        save_json(settings, out/"run.json")
+        _tokens(zoo, out/"tokens", tokensize, split, progress)
+    if world_size() > 1: torch.distributed.barrier()
+    if "config" in (old := load_json(out/"run.json")): return old     # finished earlier
+    tz = load_token_zoo(out/"tokens")
     cfg, dev = fit_config(tz, preset, windowsize), default_device(device)
     t0 = time.time()
     sane, losses = pretrain_on_zoo(tz, cfg, steps=steps, bs=bs, lr=lr, seed=seed, out=out/"sane", progress=progress, plot=False,
                                    device=dev)
+    procs = world_size()
+    if procs > 1:   # training is done: leave the group, so that rank 0 diagnoses alone (no collectives)
+        r = rank(); torch.distributed.barrier(); torch.distributed.destroy_process_group()
+        if r != 0: return {**settings, "rank": r}   # rank 0 diagnoses and writes the run's results
     t1, diag = time.time(), diagnose(sane.to(dev), tz, seed=seed)
     save_json(diag.to_dict(), out/"diagnosis.json")
     with atomic_write(out/"diagnosis.md", "w") as f: f.write(diag._repr_markdown_() + "\n")
-    save_json({**settings, "config": dataclasses.asdict(cfg), "pretrain_s": t1 - t0, "learned": diag.learned,
+    save_json({**settings, "config": dataclasses.asdict(cfg), "processes": procs, "pretrain_s": t1 - t0, "learned": diag.learned,
                "loss_first": float(np.mean(losses[:10])), "loss_last": float(np.mean(losses[-10:]))}, out/"run.json")
     return load_json(out/"run.json")
+
+def _finished(out, settings)->bool:
+    "Whether `out` holds this run finished; refuses a folder holding another run (one that stopped before training is redone)"
+    if not (out/"run.json").exists(): return False
+    old = load_json(out/"run.json")
+    diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+    if diff and latest_checkpoint(out/"sane") is None:   # a run that stopped before training: nothing to keep
+        shutil.rmtree(out/"tokens", ignore_errors=True)
+        return False
+    if diff: raise ValueError(f"{out} holds another run (differs in {diff}); use another folder")
+    return "config" in old
 
 def _tokens(zoo, dest, tokensize, split, progress):
     "The run's tokenized zoo: made once, in a temporary folder renamed into place when complete"

@@ -19,8 +19,9 @@ from .population import METRICS, RUNNING, train_population, train_one
 
 # %% auto #0
 __all__ = ['DEFAULT_GRID', 'SEED_POINT', 'ZOO_FORMAT', 'DEFAULT_ARCH', 'PUBLISHED_KEYS', 'PUBLISHED_TYPES', 'FIXTURE',
-           'model_configs', 'plan_chunks', 'zoo_images', 'make_zoo', 'Zoo', 'checkpoint_problem', 'arch_from_params',
-           'read_results', 'state_dict_of', 'load_zoo', 'write_modelzoo', 'fixture_zoo']
+           'model_configs', 'plan_chunks', 'zoo_images', 'parse_shard', 'shard_from_env', 'make_zoo', 'Zoo',
+           'checkpoint_problem', 'arch_from_params', 'read_results', 'state_dict_of', 'load_zoo', 'write_modelzoo',
+           'fixture_zoo']
 
 # %% ../nbs/api/02_zoo.ipynb #c9801287
 DEFAULT_GRID = dict(act=["tanh", "relu", "sigmoid", "gelu"],
@@ -78,19 +79,24 @@ def zoo_images(
     if (s := settings.get("image_size")) is not None: data = resize_images(data, s)
     return data
 
-def _train_chunk(dest, ids, settings, tick=None):
-    "Train one chunk of a zoo and save the models of it that are not finished yet"
-    data = zoo_images(settings)
+def _chunk_models(ids, settings, tick=None):
+    "Train one chunk of a zoo as a population (one thread): its models' checkpoints and metrics"
     cfgs = [settings["models"][i] for i in ids]
     with torch_threads(1):
-        states, metrics = train_population(cfgs, data, settings["epochs"], settings["arch"], settings["batch_size"],
-                                           on_epoch=(lambda e: tick(len(ids))) if tick else None,
-                                           device=settings.get("device"))
-    for i, c, sd, met in zip(ids, cfgs, states, metrics):
+        return train_population(cfgs, zoo_images(settings), settings["epochs"], settings["arch"], settings["batch_size"],
+                                on_epoch=(lambda e: tick(len(ids))) if tick else None, device=settings.get("device"))
+
+def _save_models(dest, ids, settings, states, metrics):
+    "Write trained models into the zoo folder (the .json last: it marks a model finished); finished ones are kept"
+    for i, sd, met in zip(ids, states, metrics):
         if _model_file(dest, i, "json").exists(): continue
         save_tensors(sd, _model_file(dest, i, "safetensors"))
-        save_json({"model_id": i, "config": c, "epochs": list(range(settings["epochs"] + 1)), **met},
+        save_json({"model_id": i, "config": settings["models"][i], "epochs": list(range(settings["epochs"] + 1)), **met},
                   _model_file(dest, i, "json"))
+
+def _train_chunk(dest, ids, settings, tick=None):
+    "Train one chunk of a zoo and save the models of it that are not finished yet"
+    _save_models(dest, ids, settings, *_chunk_models(ids, settings, tick))
     return ids
 
 # %% ../nbs/api/02_zoo.ipynb #fde43875
@@ -167,6 +173,54 @@ def _run_chunks(dest, chunks, settings, n_workers, progress):
                                "`if __name__ == \"__main__\":`, since worker processes re-import it); finished models are "
                                "kept: run again to resume, or pass n_workers=1") from None
 
+# %% ../nbs/api/02_zoo.ipynb #eae9e3ea
+def parse_shard(
+    shard,                 # "I/N", (I, N) or None; I counts from 0
+)->tuple[int, int]|None:   # (I, N), or None for the whole zoo
+    "A shard of a zoo: the I-th of N disjoint parts, checked"
+    if shard is None: return None
+    try: i, n = (map(int, shard.split("/")) if isinstance(shard, str) else map(int, shard))
+    except (ValueError, TypeError): raise ValueError(f"option 'shard': {shard!r} is not I/N (e.g. 0/4)") from None
+    if not 0 <= i < n: raise ValueError(f"option 'shard': {shard!r} needs 0 <= I < N (I counts from 0)")
+    return i, n
+
+def shard_from_env(env=None)->str|None:
+    "The shard a job array or a torchrun-style launcher gives this process: 'I/N', or None outside one"
+    env = os.environ if env is None else env
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))   # an array may start at 1 (--array=1-8)
+        return f"{int(env['SLURM_ARRAY_TASK_ID']) - first}/{env['SLURM_ARRAY_TASK_COUNT']}"
+    if "RANK" in env and "WORLD_SIZE" in env: return f"{env['RANK']}/{env['WORLD_SIZE']}"
+    return None
+
+def _train_unit(ids, settings):
+    "A Ray task: train one unit of a zoo (a chunk, or one model too big to batch) and return its weights and metrics"
+    if isinstance(make_net(settings["arch"]["arch"], **settings["arch"]["kwargs"]), ZooCNN):
+        return ids, *_chunk_models(ids, settings)
+    with torch_threads(1):
+        sd, met = train_one(settings["models"][ids[0]], zoo_images(settings), settings["epochs"], settings["arch"],
+                            settings["batch_size"], settings.get("device"))
+    return ids, [sd], [met]
+
+def _run_ray(dest, units, settings, address, n_workers, progress):
+    "Train units as Ray tasks (retried if a worker dies), writing each unit's models as it arrives"
+    try: import ray
+    except ImportError: raise ImportError('make_zoo(ray=...) needs Ray: pip install "sane_nb[ray]"') from None
+    if not ray.is_initialized():
+        kw = dict(num_cpus=n_workers) if address == "local" else dict(address=address)
+        ray.init(**kw, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from sane_nb import zoo as lib   # the workers import the task by module and name
+    task = ray.remote(num_cpus=1, max_retries=3)(lib._train_unit)
+    pending = {task.remote(u, settings): u for u in units}
+    per = settings["epochs"] + 1
+    bar = iter(_bar(range(sum(len(u) for u in units)*per), sum(len(u) for u in units)*per, progress))
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        ids, states, metrics = ray.get(done[0])
+        _save_models(dest, ids, settings, states, metrics)
+        for _ in range(len(pending.pop(done[0]))*per): next(bar, None)
+    for _ in bar: pass
+
 # %% ../nbs/api/02_zoo.ipynb #37aa58d1
 def _claim(settings:dict, path:Path):
     "Write `path` only if no other process has: a hard link is atomic, so of two runs started together one claims it"
@@ -197,6 +251,8 @@ def make_zoo(
     data_folder:str|Path|None=None, # folder of IDX files for MNIST-style datasets
     progress:bool=True,          # show a progress bar
     device:str|None=None,        # None: the CPU (exactly reproducible); "cuda" for 28x28 zoos (n_workers=1) and ResNet-18s
+    shard:str|tuple|None=None,   # "I/N": train only the I-th of N disjoint parts (job arrays; see `shard_from_env`)
+    ray:str|None=None,           # train on Ray: "local" (n_workers CPUs here), "auto" or a cluster address
 )->"Zoo":
     "Train a zoo (small CNNs batched and in parallel, bigger models one by one; resumable) into a native zoo folder, and load it"
     check_options("make_zoo", n_models=(n_models, "int>=1"), epochs=(epochs, "int>=1"), seed=(seed, "int>=0"),
@@ -204,6 +260,7 @@ def make_zoo(
                   train_images=(train_images, "int>=1|None"), test_images=(test_images, "int>=1|None"),
                   image_size=(image_size, "int>=1|None"), n_workers=(n_workers, "int>=1"))
     dest, device = Path(dest), None if device in (None, "cpu") else str(device)   # one spelling of the CPU in the settings
+    sh = parse_shard(shard)
     data = load_dataset(dataset, data_folder)
     if arch is None or isinstance(arch, str): arch = {"arch": arch or DEFAULT_ARCH[dataset], "kwargs": {}}
     arch = {"arch": arch["arch"], "kwargs": {"in_ch": data.in_ch, "n_classes": data.n_classes, **arch.get("kwargs", {})}}
@@ -228,12 +285,12 @@ def make_zoo(
         _claim(settings, dest/"zoo.json")
     if gone := clean_orphans(dest/"models"):
         warnings.warn(f"make_zoo: removed {len(gone)} temporary file(s) a killed run left in {dest/'models'}", stacklevel=2)
-    if not batched:
-        if todo := [i for i in range(n_models) if not _model_file(dest, i, "json").exists()]: _train_alone(dest, settings, todo, progress)
-        return load_zoo(dest)
-    todo = [c for c in plan_chunks(settings["models"], chunk_size)
-            if not all(_model_file(dest, i, "json").exists() for i in c)]
-    if todo: _run_chunks(dest, todo, settings, n_workers, progress)
+    units = plan_chunks(settings["models"], chunk_size) if batched else [[i] for i in range(n_models)]
+    if sh is not None: units = units[sh[0]::sh[1]]   # every N-th unit: disjoint shards that together make the zoo
+    todo = [u for u in units if not all(_model_file(dest, i, "json").exists() for i in u)]
+    if todo and ray is not None: _run_ray(dest, todo, settings, ray, n_workers, progress)
+    elif todo and batched: _run_chunks(dest, todo, settings, n_workers, progress)
+    elif todo: _train_alone(dest, settings, [u[0] for u in todo], progress)
     return load_zoo(dest)
 
 # %% ../nbs/api/02_zoo.ipynb #9b620754
@@ -357,7 +414,7 @@ def _load_native(path, epochs, weight_threshold, strict):
     rows, dropped, models, running_only = [], [], [], False
     for i in range(meta["n_models"]):
         jf, tf = _model_file(path, i, "json"), _model_file(path, i, "safetensors")
-        if not jf.exists(): dropped.append(f"{jf.name}: model {i} unfinished (run make_zoo again)"); continue
+        if not jf.exists(): dropped.append(f"{jf.name}: model {i} unfinished (run make_zoo again, or let its other shards finish)"); continue
         try:
             info = load_json(jf)
             _check_model_info(info, jf)

@@ -34,3 +34,19 @@ def test_two_gloo_processes_match_one_process_with_the_combined_batch(tmp_path):
     torch.testing.assert_close(torch.tensor([h["valid_loss"] for h in lb["history"]]),
                                torch.tensor([h["valid_loss"] for h in la["history"]]), rtol=1e-4, atol=1e-5)
     assert la["losses"][-1] < la["losses"][0]  # it trained: equal weights are not equal initial weights
+
+
+def test_sane_pretrain_under_torchrun(tmp_path):
+    "The command under torchrun: rank 0 prepares the run folder and reports, both ranks train, steps * bs windows in all"
+    from sane_nb.zoo import fixture_zoo
+    zoo = fixture_zoo()
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--no-python",
+                        str(Path(sys.executable).parent/"sane_pretrain"), str(zoo.path), str(tmp_path/"run"), "--preset", "tiny",
+                        "--steps", "20", "--bs", "8", "--windowsize", "8", "--device", "cpu", "--threads", "1"],
+                       env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("| learned (every check passed) |") == 1       # one report, from rank 0
+    assert "(2 processes: 10 optimiser steps of 16)" in r.stdout
+    info = load_json(tmp_path/"run"/"run.json")
+    assert info["processes"] == 2 and "config" in info and (tmp_path/"run"/"diagnosis.json").exists()
+    assert latest_checkpoint(tmp_path/"run"/"sane").name == "step_00000010"

@@ -11,8 +11,10 @@ DIST = {"sklearn": "scikit-learn"}
 
 
 def _requirements():
+    "The requirements settings.ini declares: the package's, and its optional extras' (Ray: imported only where it is used)"
     cfg = configparser.ConfigParser(); cfg.read(ROOT/"settings.ini")
-    return {re.split(r"[<>=!~ ]", r)[0].lower() for r in cfg["DEFAULT"]["requirements"].split()}
+    reqs = cfg["DEFAULT"]["requirements"].split() + cfg["DEFAULT"].get("ray_requirements", "").split()
+    return {re.split(r"[<>=!~ ]", r)[0].lower() for r in reqs}
 
 
 def test_every_third_party_import_is_declared():

@@ -486,3 +486,61 @@ def test_zoo_from_before_eval_mode_train_acc_says_so(tmp_path):
         f.write_text(json.dumps(j))
     with pytest.warns(UserWarning, match="recorded train_acc as the running accuracy"): z = load_zoo(tmp_path/"old")
     assert np.isnan(z.props["train_acc_running"].astype(float)).all()
+
+
+# ---------------------------------------------------------------- beyond one machine: shards and Ray
+def _equal_zoos(a, b):
+    assert len(a) == len(b) and a.models == b.models
+    for i in range(len(a)):
+        sa, sb = a[i][0], b[i][0]
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), f"checkpoint {i} differs"
+    np.testing.assert_array_equal(a.props["test_acc"], b.props["test_acc"])
+
+
+def test_two_shard_processes_make_the_local_zoo(tmp_path):
+    "sane_zoo --shard 0/2 and 1/2, run at the same time into one folder, make the zoo one process makes"
+    kw = dict(dataset="digits", n_models=8, epochs=2, kind="hyper", train_images=400, progress=False)
+    local = make_zoo(tmp_path/"local", n_workers=1, **kw)
+    bin_ = Path(sys.executable).parent/"sane_zoo"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([str(bin_), str(tmp_path/"sharded"), "--n_models", "8", "--epochs", "2", "--kind", "hyper",
+                               "--train_images", "400", "--n_workers", "1", "--threads", "1", "--shard", s],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for s in ("0/2", "1/2")]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    assert all("| shard |" in o[0] for o in outs)
+    _equal_zoos(local, load_zoo(tmp_path/"sharded"))
+    from sane_nb.zoo import shard_from_env, parse_shard
+    assert shard_from_env({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "4"}) == "2/4"
+    assert shard_from_env({"RANK": "1", "WORLD_SIZE": "2"}) == "1/2" and shard_from_env({}) is None
+    with pytest.raises(ValueError, match="option 'shard'"): parse_shard("2/2")
+
+
+def _busy_ray_workers():
+    "Pids of Ray worker processes that are running a zoo task (Ray names them after the task)"
+    pids = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and b"ray::_train_unit" in (p/"cmdline").read_bytes(): pids.append(int(p.name))
+        except OSError: pass
+    return pids
+
+
+def test_ray_makes_the_local_zoo_and_retries_a_killed_worker(tmp_path):
+    "make_zoo(ray='local') writes the zoo the local run writes, also when a worker is killed in the middle of a task"
+    pytest.importorskip("ray")
+    kw = dict(dataset="digits", n_models=8, epochs=4, kind="hyper", chunk_size=2, progress=False)
+    local = make_zoo(tmp_path/"local", n_workers=1, **kw)
+    script = ("import sys\nfrom sane_nb.zoo import make_zoo\n"
+              f"make_zoo(sys.argv[1], ray='local', n_workers=2, **{kw!r})\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path/"ray")], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    killed, deadline = None, time.time() + 300
+    while killed is None and proc.poll() is None and time.time() < deadline:
+        if busy := _busy_ray_workers():
+            os.kill(busy[0], signal.SIGKILL); killed = busy[0]
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert killed is not None, "no Ray worker was caught running a task"
+    _equal_zoos(local, load_zoo(tmp_path/"ray"))
