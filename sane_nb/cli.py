@@ -128,11 +128,7 @@ def _table(rows:dict)->str:
 def _zoo(dest, dataset, n_models, epochs, kind, seed, train_images, n_workers, grid, data_folder, device, shard, ray):
     "make_zoo with the command line's checks: a zoo big enough to split, a grid from a JSON file"
     from sane_nb.zoo import make_zoo
-    from sane_nb.pipeline import MIN_MODELS
     from sane_nb.core import load_json
-    if isinstance(n_models, int) and 1 <= n_models < MIN_MODELS:
-        raise ValueError(f"option 'n_models': {n_models} models are too few to split into training, validation and test "
-                         f"models; SANE needs at least {MIN_MODELS} (50 or more for probe numbers worth reading)")
     if isinstance(grid, str):
         path, grid = grid, load_json(grid)
         if not isinstance(grid, dict): raise ValueError(f"option 'grid': {path} holds no JSON object of hyperparameter lists")
@@ -145,6 +141,7 @@ def _zoo(dest, dataset, n_models, epochs, kind, seed, train_images, n_workers, g
 def _zoo_table(zoo, where:str, shard:str|None=None)->str:
     "The zoo at a glance: size, and the spread of final test accuracies"
     import numpy as np
+    from sane_nb.pipeline import MIN_MODELS
     if not len(zoo): return _table({"zoo": zoo.path, "shard": f"{shard}: done; no model of the zoo is finished yet", "computed on": where})
     last = zoo.props["epoch"] == max(zoo.epochs)
     acc = np.asarray(zoo.props["test_acc"], float)[last]
@@ -154,13 +151,14 @@ def _zoo_table(zoo, where:str, shard:str|None=None)->str:
                    "models x checkpoints": f"{len(zoo.models)} x {len(zoo.epochs)} = {len(zoo)}",
                    "architecture": zoo.arch["arch"],
                    "final test accuracy (min / median / max)": f"{acc.min():.3f} / {np.median(acc):.3f} / {acc.max():.3f}",
-                   "models near chance (< 0.15)": int((acc < .15).sum()), "computed on": where})
+                   "models near chance (< 0.15)": int((acc < .15).sum()), "computed on": where,
+                   **({"too small": f"{n} models: SANE's diagnosis and probes need at least {MIN_MODELS}"} if n < MIN_MODELS else {})})
 
 @call_parse
 def sane_zoo(
     dest:str,                 # zoo folder to create (or resume)
     dataset:str="digits",     # digits (bundled), mnist or fashion_mnist (IDX files)
-    n_models:int=20,          # models in the zoo (at least 7)
+    n_models:int=20,          # models in the zoo (SANE's diagnosis and probes need at least 7)
     epochs:int=10,            # training epochs (checkpoints 0..epochs)
     kind:str="hyper",         # "hyper" (a grid of settings) or "seed" (one setting, many seeds)
     seed:int=0,               # zoo seed

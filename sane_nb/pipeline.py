@@ -4,7 +4,7 @@
 
 # %% ../nbs/api/10_pipeline.ipynb #4b253a61
 from __future__ import annotations
-import dataclasses, json, shutil, time
+import dataclasses, json, shutil, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,18 +25,27 @@ from .evaluate import compare_inits, summarize, plot_curves, holdout, noise_base
 from .sample import sample_models, reconstruct, relative_error
 
 # %% auto #0
-__all__ = ['MIN_MODELS', 'DEMO_SIZES', 'pretrain_run', 'Run', 'load_run', 'probe_run', 'sample_run', 'demo', 'demo_report']
+__all__ = ['MIN_MODELS', 'DEMO_SIZES', 'split_problem', 'pretrain_run', 'Run', 'load_run', 'probe_run', 'sample_run', 'demo',
+           'demo_report']
 
 # %% ../nbs/api/10_pipeline.ipynb #2c55e231
 MIN_MODELS = 7   # the fewest models the 70/15/15 split by model cuts into 4 training, 1 validation and 2 test models
 
+def split_problem(
+    props:dict,    # per-checkpoint properties with "model_id" (`Zoo.props`, `TokenZoo.props`)
+    split:dict,    # {"train", "val", "test"}: checkpoint indices
+)->str|None:       # what is missing, or None when every part has models of its own
+    "Why a split by model is too small for the diagnosis and the probes (None if it is not)"
+    n = {k: len(set(np.asarray(props["model_id"])[np.asarray(split.get(k, []), dtype=int)].tolist())) for k in ("train", "val", "test")}
+    if n["train"] >= 2 and n["val"] >= 1 and n["test"] >= 1: return None
+    return (f"{sum(n.values())} models are too few to split by model into training ({n['train']}), validation ({n['val']}) "
+            f"and test ({n['test']}) models; a zoo needs at least {MIN_MODELS} models (50 or more for probe numbers "
+            f"worth reading): make a bigger one (sane_zoo --n_models)")
+
 def _training_split(zoo, split:dict, min_acc:float, min_epoch:int)->dict:
     "The split with its training part restricted to checkpoints at least `min_acc` accurate and `min_epoch` old"
-    n = {k: len(set(zoo.props["model_id"][np.asarray(v, dtype=int)].tolist())) for k, v in split.items()}
-    if n["train"] < 2 or n["val"] < 1 or n["test"] < 1:
-        raise ValueError(f"{zoo.path}: {len(zoo.models)} models are too few to split by model into training ({n['train']}), "
-                         f"validation ({n['val']}) and test ({n['test']}) models; a zoo needs at least {MIN_MODELS} models "
-                         f"(50 or more for probe numbers worth reading): make a bigger one (sane_zoo --n_models)")
+    if why := split_problem(zoo.props, split):
+        warnings.warn(f"pretrain_run: {zoo.path}: {why}. Pretraining works; its diagnosis and the probes will not", stacklevel=3)
     P, tr = zoo.props, np.asarray(split["train"])
     keep = tr[(P["test_acc"][tr] >= min_acc) & (P["epoch"][tr] >= min_epoch)]
     if not len(keep): raise ValueError(f"no training checkpoint has test_acc >= {min_acc} and epoch >= {min_epoch}")
@@ -144,6 +153,7 @@ def probe_run(
     if bad := [f for f in families if f not in ("linear", "nonlinear")]:
         raise ValueError(f"probe_run: option 'families' has unknown probe families {bad}; use 'linear' and/or 'nonlinear'")
     run = run if isinstance(run, Run) else load_run(run)
+    if why := split_problem(run.tz.props, run.tz.splits): raise ValueError(f"probe_run: {run.path}: {why}")
     out, sane = Path(out or run.path/"probe"), run.sane.to(default_device(device))
     if progress: print(f"probe: embedding {len(run.tz)} checkpoints (trained and untrained SANE)", flush=True)
     feats = representations(sane, run.tz) | untrained_representations(sane, run.tz, seed)

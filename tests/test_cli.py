@@ -48,17 +48,19 @@ def test_chain(tmp_path):
     assert _strict_json(tmp_path) >= 12
     for r in (zoo, out, probe, sample): assert "\r" not in r.stdout   # no redrawn bars in a log: plain lines
 
-def test_a_zoo_too_small_to_split_is_refused_before_any_work(tmp_path):
-    res = sh("sane_zoo", tmp_path/"zoo6", "--n_models", 6, "--epochs", 1, ok=False)
-    assert res.returncode != 0 and "at least 7" in res.stderr and "Traceback" not in res.stderr
-    assert not (tmp_path/"zoo6").exists()
-    from sane_nb.zoo import make_zoo
-    make_zoo(tmp_path/"zoo6", n_models=6, epochs=1, kind="seed", n_workers=1, progress=False)   # made another way
-    res = sh("sane_pretrain", tmp_path/"zoo6", tmp_path/"run", "--preset", "tiny", "--steps", 2, ok=False)
-    assert "6 models are too few" in res.stderr and "at least 7 models" in res.stderr and "Traceback" not in res.stderr
-    assert not (tmp_path/"run").exists()
-    res = sh("sane_pretrain", tmp_path/"zoo6", tmp_path/"run", "--device", "cuda:7", ok=False)
+def test_a_zoo_too_small_to_split_gets_a_clear_error_before_any_probing(tmp_path):
+    "6 models: the zoo is made (and says it is too small), pretraining works with one warning line, probing is refused"
+    res = sh("sane_zoo", tmp_path/"zoo6", "--n_models", 6, "--epochs", 1, "--kind", "seed", "--n_workers", 1)
+    assert "| too small | 6 models: SANE's diagnosis and probes need at least 7 |" in res.stdout
+    res = sh("sane_pretrain", tmp_path/"zoo6", tmp_path/"run", "--preset", "tiny", "--steps", 2, "--bs", 8)
+    warn = [l for l in res.stderr.splitlines() if "too few" in l]
+    assert len(warn) == 1 and "at least 7 models" in warn[0] and "Traceback" not in res.stderr, res.stderr
+    res = sh("sane_probe", tmp_path/"run", ok=False)
+    assert res.returncode != 0 and "at least 7 models" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path/"run"/"probe").exists()
+    res = sh("sane_pretrain", tmp_path/"zoo6", tmp_path/"run2", "--device", "cuda:7", ok=False)
     assert "option 'device'" in res.stderr and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
 
 def test_clear_errors(tmp_path):
     res = sh("sane_probe", tmp_path/"nothing", ok=False)
