@@ -9,8 +9,8 @@ from pathlib import Path
 from fastcore.script import call_parse, Param
 
 # %% auto #0
-__all__ = ['BENCH_STAGES', 'bench_module', 'sane_bench', 'with_config', 'sane_zoo', 'sane_pretrain', 'sane_probe', 'sane_sample',
-           'sane_demo']
+__all__ = ['BENCH_STAGES', 'bench_module', 'sane_bench', 'with_config', 'sane_zoo', 'sane_pretrain', 'sane_probe', 'sane_embed',
+           'sane_sample', 'sane_demo']
 
 # %% ../nbs/api/10b_cli.ipynb #21778664
 BENCH_STAGES = ("zoo", "tokenize", "train", "probe", "sample", "resnet18", "parity", "scaleout")
@@ -243,6 +243,24 @@ def sane_probe(
     print(table.summary())
     print(f"\nR² on the test models (1 = perfect, 0 = the mean), computed on {where}. Every row, Kendall τ and the "
           f"categorical targets: {dest/'probe.md'} and {dest/'probe.json'}")
+
+# %% ../nbs/api/10b_cli.ipynb #a8327614
+@call_parse
+def sane_embed(
+    run:str,                  # run folder of sane_pretrain
+    shard:str=None,           # I/N: embed every N-th checkpoint from the I-th (default: from a SLURM array or $RANK/$WORLD_SIZE)
+    seed:int=0,               # seed of the untrained SANE (the probes' floor), as sane_probe's
+    device:str="auto",        # where to embed: auto, cpu, cuda, cuda:N or mps
+    threads:int=None,         # PyTorch CPU threads (default: $SANE_THREADS, else every core this process may use)
+):
+    "Embed a run's checkpoints, or one shard of them, into RUN/embeddings/ (merged by the last shard; sane_probe reads it)"
+    from sane_nb.pipeline import embed_run
+    from sane_nb.zoo import shard_from_env
+    shard = shard or shard_from_env()
+    merged, where = _run("embed_run", embed_run, None, dict(run=run, shard=shard, seed=seed, device=device, threads=threads), {})
+    print(_table({"run": Path(run).resolve(), "shard": shard or "all checkpoints",
+                  "embeddings": merged if merged else "this part is done; the last shard to finish merges the parts",
+                  "computed on": where}))
 
 # %% ../nbs/api/10b_cli.ipynb #50fd75ba
 def _sample_table(res:dict)->str:

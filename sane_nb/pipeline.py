@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import load_json, save_json, atomic_write, check_options, default_device
+from .core import load_json, save_json, atomic_write, check_options, default_device, save_tensors, load_tensors
 from .data import load_dataset
 from .nets import make_net
-from .zoo import load_zoo, make_zoo, zoo_images
+from .zoo import load_zoo, make_zoo, zoo_images, parse_shard
 from .dataset import tokenize_zoo, load_token_zoo
 from .model import SaneConfig, PRESETS, fit_config
 from .probe import predict_properties, representations
@@ -25,8 +25,8 @@ from .evaluate import compare_inits, summarize, plot_curves, holdout, noise_base
 from .sample import sample_models, reconstruct, relative_error
 
 # %% auto #0
-__all__ = ['MIN_MODELS', 'DEMO_SIZES', 'split_problem', 'pretrain_run', 'Run', 'load_run', 'probe_run', 'sample_run', 'demo',
-           'demo_report']
+__all__ = ['MIN_MODELS', 'DEMO_SIZES', 'split_problem', 'pretrain_run', 'Run', 'load_run', 'embed_run', 'probe_run', 'sample_run',
+           'demo', 'demo_report']
 
 # %% ../nbs/api/10_pipeline.ipynb #2c55e231
 MIN_MODELS = 7   # the fewest models the 70/15/15 split by model cuts into 4 training, 1 validation and 2 test models
@@ -139,6 +139,46 @@ def load_run(
     if "config" not in settings: raise ValueError(f"{path}: pretraining has not finished; run sane_pretrain again to resume it")
     return Run(path, settings, load_token_zoo(path/"tokens"), load_sane(path/"sane", device=default_device(device)))
 
+# %% ../nbs/api/10_pipeline.ipynb #794b6eae
+def _embeddings_file(path, seed): return Path(path)/"embeddings"/f"embeddings_seed{seed}.safetensors"
+
+_REPS = ("sane", "sane_std", "sane_layers", "s(W)", "W")
+def _in_order(feats:dict)->dict:
+    "Representations in the order the probe tables show them (a safetensors file keeps its keys sorted)"
+    key = lambda k: (k.startswith("untrained:"), _REPS.index(k.split(":")[-1]) if k.split(":")[-1] in _REPS else len(_REPS), k)
+    return {k: feats[k] for k in sorted(feats, key=key)}
+
+def _features(run, sane, seed, idx=None)->dict:
+    "The representations `probe_run` compares (SANE poolings, s(W), W, the untrained floor) for checkpoints `idx` (None: all)"
+    from types import SimpleNamespace
+    tz = run.tz if idx is None else SimpleNamespace(tokens=run.tz.tokens[torch.as_tensor(idx)], mask=run.tz.mask, pos=run.tz.pos)
+    return representations(sane, tz) | untrained_representations(sane, tz, seed)
+
+def embed_run(
+    run:str|Path|Run,       # a run folder
+    shard:str|tuple|None=None, # "I/N": embed every N-th checkpoint, starting at the I-th; None: all
+    seed:int=0,             # seed of the untrained SANE (the floor); as `probe_run`'s
+    device:str|None=None,   # where to embed; None: `default_device()`
+)->Path|None:               # the merged file once every part exists, else None
+    "Embed a run's checkpoints, or one shard of them, into `run/embeddings/`; the last part merges them all"
+    run = run if isinstance(run, Run) else load_run(run)
+    i, n = parse_shard(shard) or (0, 1)
+    merged = _embeddings_file(run.path, seed)
+    if merged.exists(): return merged
+    part = merged.with_name(f"part_{i:04d}_of_{n:04d}_seed{seed}.safetensors")
+    if not part.exists():
+        idx = np.arange(len(run.tz))[i::n]
+        feats = _features(run, run.sane.to(default_device(device)), seed, idx)
+        save_tensors({**feats, "_index": torch.as_tensor(idx)}, part)
+    parts = [merged.with_name(f"part_{j:04d}_of_{n:04d}_seed{seed}.safetensors") for j in range(n)]
+    if not all(p.exists() for p in parts): return None
+    try: loaded = [load_tensors(p) for p in parts]
+    except FileNotFoundError: return merged   # another shard merged them at this moment (it writes before it deletes)
+    order = torch.cat([d["_index"] for d in loaded]).argsort()
+    save_tensors({k: torch.cat([d[k] for d in loaded])[order] for k in loaded[0] if k != "_index"}, merged)
+    for p in parts: p.unlink(missing_ok=True)
+    return merged
+
 # %% ../nbs/api/10_pipeline.ipynb #56f32fe8
 def probe_run(
     run:str|Path|Run,       # a run folder
@@ -155,8 +195,11 @@ def probe_run(
     run = run if isinstance(run, Run) else load_run(run)
     if why := split_problem(run.tz.props, run.tz.splits): raise ValueError(f"probe_run: {run.path}: {why}")
     out, sane = Path(out or run.path/"probe"), run.sane.to(default_device(device))
-    if progress: print(f"probe: embedding {len(run.tz)} checkpoints (trained and untrained SANE)", flush=True)
-    feats = representations(sane, run.tz) | untrained_representations(sane, run.tz, seed)
+    if (merged := _embeddings_file(run.path, seed)).exists():   # embedded before, e.g. in shards (`embed_run`)
+        feats = _in_order(load_tensors(merged))
+    else:
+        if progress: print(f"probe: embedding {len(run.tz)} checkpoints (trained and untrained SANE)", flush=True)
+        feats = _features(run, sane, seed)
     table = predict_properties(feats, run.tz.props, run.tz.splits, families=families, seed=seed, out=out/"probe.json",
                                progress=progress)
     with atomic_write(out/"probe.md", "w") as f: f.write(table._repr_markdown_())

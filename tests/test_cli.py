@@ -148,3 +148,19 @@ def test_config_files_take_the_commands_options(tmp_path):
     (tmp_path/"s.json").write_text(json.dumps({"k": 0, "n": 2, "n_prompts": 2, "epochs": 1, "populations": 2}))
     out = sh("sane_sample", tmp_path/"run", "--config", tmp_path/"s.json")
     assert "over 2 populations" in out.stdout and json.loads((tmp_path/"run"/"sample"/"sample.json").read_text())["populations"] == 2
+
+
+def test_embedding_in_shards_then_probing(tmp_path):
+    "sane_embed --shard 0/2 and 1/2 at the same time: the last merges, and sane_probe uses the merged embeddings"
+    from sane_nb.zoo import fixture_zoo
+    sh("sane_pretrain", fixture_zoo().path, tmp_path/"run", "--preset", "tiny", "--steps", 4, "--bs", 8, "--windowsize", 8)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([str(BIN/"sane_embed"), str(tmp_path/"run"), "--shard", s, "--threads", "1"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for s in ("0/2", "1/2")]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    # both may finish at once: then both see every part; otherwise exactly one merges (the other says it waits)
+    assert sum("embeddings_seed0.safetensors" in o[0] for o in outs) >= 1
+    assert sorted(p.name for p in (tmp_path/"run"/"embeddings").iterdir()) == ["embeddings_seed0.safetensors"]
+    out = sh("sane_probe", tmp_path/"run", "--linear_only")
+    assert "probe: embedding" not in out.stdout and "| s(W) |" in out.stdout   # read, not embedded again
