@@ -177,12 +177,14 @@ def sane_zoo(
     from sane_nb.zoo import shard_from_env
     d = dict(dataset="digits", n_models=20, epochs=10, kind="hyper", seed=0, train_images=None, grid=None, data_folder=None,
              n_workers=2, device="auto", threads=None, shard=None, ray=None)
-    shard = shard or shard_from_env()   # a job array's task, or a torchrun-style rank: its shard
-    zoo, where = _run("make_zoo", lambda device, **o: _zoo(device=None if device == "cpu" else device, **o), config,
+
+    zoo, where = _run("make_zoo", lambda device, shard, **o: _zoo(device=None if device == "cpu" else device,
+                                                                   shard=shard or shard_from_env(), **o), config,
                       dict(dest=dest, dataset=dataset, n_models=n_models, epochs=epochs, kind=kind, seed=seed, train_images=train_images,
                            grid=grid, data_folder=data_folder, n_workers=n_workers, device=device, threads=threads,
                            shard=shard, ray=ray), d,
                       auto=lambda: "cuda" if torch.cuda.is_available() else "cpu")   # zoos: a CUDA GPU if there is one, else the CPU
+    shard = shard or shard_from_env()   # (a broken environment was refused above, in one line)
     print(_zoo_table(zoo, where, shard if shard not in (None, "0/1") else None))
 
 # %% ../nbs/api/10b_cli.ipynb #3fe21870
@@ -256,8 +258,9 @@ def sane_embed(
     "Embed a run's checkpoints, or one shard of them, into RUN/embeddings/ (merged by the last shard; sane_probe reads it)"
     from sane_nb.pipeline import embed_run
     from sane_nb.zoo import shard_from_env
+    merged, where = _run("embed_run", lambda shard, **o: embed_run(shard=shard or shard_from_env(), **o), None,
+                         dict(run=run, shard=shard, seed=seed, device=device, threads=threads), {})
     shard = shard or shard_from_env()
-    merged, where = _run("embed_run", embed_run, None, dict(run=run, shard=shard, seed=seed, device=device, threads=threads), {})
     print(_table({"run": Path(run).resolve(), "shard": shard or "all checkpoints",
                   "embeddings": merged if merged else "this part is done; the last shard to finish merges the parts",
                   "computed on": where}))

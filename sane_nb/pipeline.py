@@ -77,11 +77,13 @@ def pretrain_run(
     zoo = load_zoo(zoo_path)     # a zoo that cannot be read or split is refused before anything is written
     split = _training_split(zoo, zoo.split(seed=42 + seed), min_acc, min_epoch)
     init_distributed()           # under torchrun: rank 0 prepares the run folder, every rank trains
+    _finished(out, settings, check_only=True)   # every rank refuses another run's folder alike (no rank left at a barrier)
     if rank() == 0 and not _finished(out, settings):
         save_json(settings, out/"run.json")
         _tokens(zoo, out/"tokens", tokensize, split, progress)
     if world_size() > 1: torch.distributed.barrier()
-    if "config" in (old := load_json(out/"run.json")): return old     # finished earlier
+    if "config" in (old := load_json(out/"run.json")):   # finished earlier
+        return old if rank() == 0 else {**settings, "rank": rank()}
     tz = load_token_zoo(out/"tokens")
     cfg, dev = fit_config(tz, preset, windowsize), default_device(device)
     t0 = time.time()
@@ -98,13 +100,13 @@ def pretrain_run(
                "loss_first": float(np.mean(losses[:10])), "loss_last": float(np.mean(losses[-10:]))}, out/"run.json")
     return load_json(out/"run.json")
 
-def _finished(out, settings)->bool:
+def _finished(out, settings, check_only:bool=False)->bool:
     "Whether `out` holds this run finished; refuses a folder holding another run (one that stopped before training is redone)"
     if not (out/"run.json").exists(): return False
     old = load_json(out/"run.json")
     diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
     if diff and latest_checkpoint(out/"sane") is None:   # a run that stopped before training: nothing to keep
-        shutil.rmtree(out/"tokens", ignore_errors=True)
+        if not check_only: shutil.rmtree(out/"tokens", ignore_errors=True)
         return False
     if diff: raise ValueError(f"{out} holds another run (differs in {diff}); use another folder")
     return "config" in old
@@ -166,17 +168,17 @@ def embed_run(
     merged = _embeddings_file(run.path, seed)
     if merged.exists(): return merged
     part = merged.with_name(f"part_{i:04d}_of_{n:04d}_seed{seed}.safetensors")
-    if not part.exists():
-        idx = np.arange(len(run.tz))[i::n]
+    idx = np.arange(len(run.tz))[i::n]
+    if len(idx) and not part.exists():   # (a shard beyond the last checkpoint has nothing to embed)
         feats = _features(run, run.sane.to(default_device(device)), seed, idx)
         save_tensors({**feats, "_index": torch.as_tensor(idx)}, part)
-    parts = [merged.with_name(f"part_{j:04d}_of_{n:04d}_seed{seed}.safetensors") for j in range(n)]
+    parts = [merged.with_name(f"part_{j:04d}_of_{n:04d}_seed{seed}.safetensors") for j in range(min(n, len(run.tz)))]
     if not all(p.exists() for p in parts): return None
     try: loaded = [load_tensors(p) for p in parts]
     except FileNotFoundError: return merged   # another shard merged them at this moment (it writes before it deletes)
     order = torch.cat([d["_index"] for d in loaded]).argsort()
     save_tensors({k: torch.cat([d[k] for d in loaded])[order] for k in loaded[0] if k != "_index"}, merged)
-    for p in parts: p.unlink(missing_ok=True)
+    for p in merged.parent.glob(f"part_*_seed{seed}.safetensors"): p.unlink(missing_ok=True)   # also other shardings' parts
     return merged
 
 # %% ../nbs/api/10_pipeline.ipynb #56f32fe8

@@ -69,10 +69,21 @@ def plan_chunks(cfgs:list[dict], chunk_size:int=50)->list[list[int]]:
 
 def _model_file(dest, i, ext): return Path(dest)/"models"/f"{i:05d}.{ext}"
 
+def _legacy_resnet_images(s):
+    "The images of a ResNet zoo made by `make_resnet_zoo` before it called `make_zoo` (random subsets, then resized)"
+    d = load_dataset(s["dataset"], s.get("data_folder"), s["seed"])
+    def pick(x, y, n, seed):
+        if n is None or n >= len(x): return x, y
+        i = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
+        return x[i], y[i]
+    (xtr, ytr), (xte, yte) = pick(d.x_train, d.y_train, s["n_train"], s["seed"]), pick(d.x_test, d.y_test, s["n_test"], s["seed"] + 1)
+    return resize_images(ImageData(d.name, xtr, ytr, xte, yte, d.mean, d.std), s["size"])
+
 def zoo_images(
     settings:dict,  # a native zoo's settings (its zoo.json, `Zoo.meta`)
 )->ImageData:
     "The images a native zoo's models were trained on: its dataset, its fixed subsets if it has some, at its image size"
+    if settings.get("trainer") == "sane_nb.resnet": return _legacy_resnet_images(settings)
     data = load_dataset(settings["dataset"], settings.get("data_folder"))
     if (n := settings.get("train_images")) is not None: data = train_subset(data, n, seed=settings["seed"])
     if (n := settings.get("test_images")) is not None: data = test_subset(data, n, seed=settings["seed"] + 1)
@@ -187,10 +198,15 @@ def parse_shard(
 def shard_from_env(env=None)->str|None:
     "The shard a job array or a torchrun-style launcher gives this process: 'I/N', or None outside one"
     env = os.environ if env is None else env
+    def num(k, default=None):
+        v = env.get(k, default)
+        if v is None or not str(v).isdigit(): raise ValueError(f"${k} must be a non-negative integer, got {v!r}")
+        return int(v)
     if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-        first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))   # an array may start at 1 (--array=1-8)
-        return f"{int(env['SLURM_ARRAY_TASK_ID']) - first}/{env['SLURM_ARRAY_TASK_COUNT']}"
-    if "RANK" in env and "WORLD_SIZE" in env: return f"{env['RANK']}/{env['WORLD_SIZE']}"
+        # an array may start at 1 (--array=1-8) and step (--array=0-6:2): the task's position among the array's tasks
+        i = (num("SLURM_ARRAY_TASK_ID") - num("SLURM_ARRAY_TASK_MIN", 0)) // max(num("SLURM_ARRAY_TASK_STEP", 1), 1)
+        return f"{i}/{num('SLURM_ARRAY_TASK_COUNT')}"
+    if "RANK" in env and "WORLD_SIZE" in env: return f"{num('RANK')}/{num('WORLD_SIZE')}"
     return None
 
 def _train_unit(ids, settings):
@@ -206,7 +222,10 @@ def _run_ray(dest, units, settings, address, n_workers, progress):
     "Train units as Ray tasks (retried if a worker dies), writing each unit's models as it arrives"
     try: import ray
     except ImportError: raise ImportError('make_zoo(ray=...) needs Ray: pip install "sane_nb[ray]"') from None
-    if not ray.is_initialized():
+    if ray.is_initialized():   # this process already joined a Ray instance: use it, and say so
+        warnings.warn(f"make_zoo: Ray is already running in this process; training on it (ray={address!r} and "
+                      f"n_workers={n_workers} are not used)", stacklevel=3)
+    else:
         kw = dict(num_cpus=n_workers) if address == "local" else dict(address=address)
         ray.init(**kw, include_dashboard=False, log_to_driver=False, configure_logging=False)
     from sane_nb import zoo as lib   # the workers import the task by module and name
@@ -286,7 +305,10 @@ def make_zoo(
     if gone := clean_orphans(dest/"models"):
         warnings.warn(f"make_zoo: removed {len(gone)} temporary file(s) a killed run left in {dest/'models'}", stacklevel=2)
     units = plan_chunks(settings["models"], chunk_size) if batched else [[i] for i in range(n_models)]
-    if sh is not None: units = units[sh[0]::sh[1]]   # every N-th unit: disjoint shards that together make the zoo
+    if sh is not None:   # every N-th unit: disjoint shards that together make the zoo
+        if not (units := units[sh[0]::sh[1]]):
+            warnings.warn(f"make_zoo: shard {sh[0]}/{sh[1]} has nothing to train: the zoo has only {len(units)} units "
+                          f"(chunks of up to chunk_size={chunk_size} models); use fewer shards", stacklevel=2)
     todo = [u for u in units if not all(_model_file(dest, i, "json").exists() for i in u)]
     if todo and ray is not None: _run_ray(dest, todo, settings, ray, n_workers, progress)
     elif todo and batched: _run_chunks(dest, todo, settings, n_workers, progress)

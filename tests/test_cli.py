@@ -164,3 +164,11 @@ def test_embedding_in_shards_then_probing(tmp_path):
     assert sorted(p.name for p in (tmp_path/"run"/"embeddings").iterdir()) == ["embeddings_seed0.safetensors"]
     out = sh("sane_probe", tmp_path/"run", "--linear_only")
     assert "probe: embedding" not in out.stdout and "| s(W) |" in out.stdout   # read, not embedded again
+    from sane_nb.pipeline import embed_run, load_run
+    run = load_run(tmp_path/"run")
+    (tmp_path/"run"/"embeddings"/"embeddings_seed0.safetensors").unlink()
+    embed_run(run, shard="0/2")                      # a part of another sharding, left over
+    n = len(run.tz) + 3                              # more shards than checkpoints: the empty ones have nothing to do
+    merged = [embed_run(run, shard=f"{i}/{n}") for i in range(n)]
+    assert merged[-1] is not None and all(m is None for m in merged[:len(run.tz) - 1])
+    assert sorted(p.name for p in (tmp_path/"run"/"embeddings").iterdir()) == ["embeddings_seed0.safetensors"]

@@ -50,3 +50,9 @@ def test_sane_pretrain_under_torchrun(tmp_path):
     info = load_json(tmp_path/"run"/"run.json")
     assert info["processes"] == 2 and "config" in info and (tmp_path/"run"/"diagnosis.json").exists()
     assert latest_checkpoint(tmp_path/"run"/"sane").name == "step_00000010"
+    again = subprocess.run(r.args, env=ENV, capture_output=True, text=True, timeout=600)    # finished: one report, no work
+    assert again.returncode == 0 and again.stdout.count("| learned (every check passed) |") == 1, again.stderr[-2000:]
+    other = [a if a != "20" else "21" for a in r.args]                                        # another run, same folder
+    bad = subprocess.run(other, env=ENV, capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and bad.stderr.count("holds another run") == 2                 # both ranks refuse alike
+    assert "Connection closed by peer" not in bad.stderr

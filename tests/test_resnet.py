@@ -136,3 +136,11 @@ def test_resnet_configs():
     assert tiny.d_model == SaneConfig.tiny().d_model
     assert paper == SaneConfig.paper_resnet18()
     with pytest.raises(ValueError, match="preset"): resnet_config("huge")
+
+
+def test_zoos_of_the_old_resnet_maker_keep_their_images():
+    "A ResNet zoo written by make_resnet_zoo before it called make_zoo names its images by n_train / n_test / size"
+    from sane_nb.zoo import zoo_images
+    old = dict(trainer="sane_nb.resnet", dataset="digits", data_folder=None, n_train=10, n_test=8, size=32, seed=0)
+    d = zoo_images(old)
+    assert d.x_train.shape == (10, 1, 32, 32) and d.x_test.shape == (8, 1, 32, 32)

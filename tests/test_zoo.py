@@ -513,15 +513,28 @@ def test_two_shard_processes_make_the_local_zoo(tmp_path):
     from sane_nb.zoo import shard_from_env, parse_shard
     assert shard_from_env({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "4"}) == "2/4"
     assert shard_from_env({"RANK": "1", "WORLD_SIZE": "2"}) == "1/2" and shard_from_env({}) is None
+    assert shard_from_env({"SLURM_ARRAY_TASK_ID": "6", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_STEP": "2",
+                           "SLURM_ARRAY_TASK_COUNT": "4"}) == "3/4"                          # --array=0-6:2
+    with pytest.raises(ValueError, match="SLURM_ARRAY_TASK_ID"): shard_from_env({"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "2"})
+    with pytest.warns(UserWarning, match="nothing to train"):
+        make_zoo(tmp_path/"empty_shard", shard="9/10", n_workers=1, **kw)
     with pytest.raises(ValueError, match="option 'shard'"): parse_shard("2/2")
 
 
-def _busy_ray_workers():
-    "Pids of Ray worker processes that are running a zoo task (Ray names them after the task)"
+def _busy_ray_workers(root:int):
+    "Pids of Ray worker processes started by process `root` that are running a zoo task (Ray names them after the task)"
+    def parent(pid):
+        try: return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError): return 0
+    def below_root(pid):
+        while pid > 1:
+            if pid == root: return True
+            pid = parent(pid)
+        return False
     pids = []
     for p in Path("/proc").iterdir():
         try:
-            if p.name.isdigit() and b"ray::_train_unit" in (p/"cmdline").read_bytes(): pids.append(int(p.name))
+            if p.name.isdigit() and b"ray::_train_unit" in (p/"cmdline").read_bytes() and below_root(int(p.name)): pids.append(int(p.name))
         except OSError: pass
     return pids
 
@@ -537,7 +550,7 @@ def test_ray_makes_the_local_zoo_and_retries_a_killed_worker(tmp_path):
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     killed, deadline = None, time.time() + 300
     while killed is None and proc.poll() is None and time.time() < deadline:
-        if busy := _busy_ray_workers():
+        if busy := _busy_ray_workers(proc.pid):   # only this test's workers, never another job's
             os.kill(busy[0], signal.SIGKILL); killed = busy[0]
         time.sleep(0.02)
     _, err = proc.communicate(timeout=600)
