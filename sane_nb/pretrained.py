@@ -17,10 +17,11 @@ from .align import permutation_spec, weight_matching, apply_permutation
 from .model import SaneConfig
 from .train import load_sane
 from .probe import embed, Standardizer, ridge_fit, r2_score, kendall_tau, RIDGE_LAMBDAS
+from .nets import make_net
 
 # %% auto #0
-__all__ = ['PretrainedSANE', 'check_architecture', 'tokens', 'embed_models', 'predict', 'from_run', 'save_pretrained',
-           'load_pretrained']
+__all__ = ['PretrainedSANE', 'check_architecture', 'tokens', 'aligned', 'embed_models', 'predict', 'sample_networks', 'from_run',
+           'save_pretrained', 'load_pretrained']
 
 # %% ../nbs/api/13_pretrained.ipynb #f0a17c67
 @dataclasses.dataclass
@@ -57,15 +58,21 @@ PretrainedSANE.check_architecture = check_architecture
 
 def tokens(self:PretrainedSANE, models:list)->tuple:
     "Networks (nn.Modules or state dicts) checked, aligned to the reference, standardised and tokenized: [n,N,T], mask, pos"
-    if not len(models): raise ValueError("no models given")
-    sds = [_state_dict(m) for m in models]
-    for i, sd in enumerate(sds): self.check_architecture(sd, f"model {i}")
-    spec = permutation_spec(self.reference)
-    sds = [apply_permutation(spec, weight_matching(spec, self.reference, {k: sd[k] for k in self.reference}), sd) for sd in sds]
     layout = token_layout(self.reference, self.tokensize, self.ignore_bn)
-    toks = torch.stack([tokenize(standardize({k: sd[k] for k in self.reference}, self.stats), layout=layout)[0] for sd in sds])
+    toks = torch.stack([tokenize(standardize(sd, self.stats), layout=layout)[0] for sd in self.aligned(models)])
     return (toks, *layout_mask_pos(layout))
 PretrainedSANE.tokens = tokens
+
+def aligned(self:PretrainedSANE, models:list)->list:
+    "Networks (nn.Modules or state dicts) checked and weight-matched to the reference: state dicts in its key order"
+    if not len(models): raise ValueError("no models given")
+    spec, out = permutation_spec(self.reference), []
+    for i, m in enumerate(models):
+        sd = _state_dict(m); self.check_architecture(sd, f"model {i}")
+        sd = {k: sd[k] for k in self.reference}
+        out.append(apply_permutation(spec, weight_matching(spec, self.reference, sd), sd))
+    return out
+PretrainedSANE.aligned = aligned
 
 # %% ../nbs/api/13_pretrained.ipynb #464bc617
 def _pool(e, rep):
@@ -85,6 +92,29 @@ def predict(self:PretrainedSANE, models:list, device:str|None=None)->dict:  # ta
     X = self.embed(models, device).double().numpy()
     return {t: ((X - p["mean"])/p["std"]) @ p["w"] + p["b"] for t, p in self.probes.items()}
 PretrainedSANE.predict = predict
+
+# %% ../nbs/api/13_pretrained.ipynb #ced99fa9
+def sample_networks(self:PretrainedSANE,
+    models:list,            # prompt networks (nn.Modules or state dicts of the architecture this SANE knows)
+    n:int=4,                # networks to return
+    x=None,                 # images [m, C, H, W] for BatchNorm re-estimation (required if the architecture has BatchNorm)
+    val:tuple|None=None,    # (x, y) validation images and labels: keep the best n of k candidates
+    k:int|None=None,        # candidates when subsampling (default 4n)
+    seed:int=0,             # seed of the draws
+    device:str|None=None,   # where to encode and decode; None: `default_device()`
+    **kw,                   # more arguments of `sane_nb.sample.sample_models` (mode, bandwidth, halo)
+)->list:                    # n networks in eval mode, on the CPU
+    "New networks sampled around `models` in SANE's latent space, decoded, BatchNorm re-estimated, optionally subsampled"
+    from sane_nb.sample import sample_models
+    if not self.arch: raise ValueError("this SANE does not record its architecture: cannot build networks")
+    make = lambda: make_net(self.arch["arch"], **self.arch.get("kwargs", {}))
+    s = sample_models(self.sane.to(default_device(device)), self.aligned(models), n, self.stats, make, bn_x=x, val=val, k=k,
+                      seed=seed, ignore_bn=self.ignore_bn, **kw)
+    nets = []
+    for sd in s.state_dicts:
+        net = make(); net.load_state_dict(sd); nets.append(net.eval())
+    return nets
+PretrainedSANE.sample = sample_networks
 
 # %% ../nbs/api/13_pretrained.ipynb #ed875ff4
 def _fit_ridge(X, y, tr, va):

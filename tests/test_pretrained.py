@@ -27,3 +27,19 @@ def test_a_saved_pretrained_sane_predicts_in_a_fresh_process(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a pretrained SANE"):
         from sane_nb.pretrained import load_pretrained
         load_pretrained(tmp_path)
+
+
+def test_sampled_networks_are_networks_of_the_known_architecture(tmp_path):
+    import torch
+    from torch import nn
+    from sane_nb.zoo import fixture_zoo
+    from sane_nb.pipeline import pretrain_run
+    from sane_nb.pretrained import from_run
+    zoo = fixture_zoo()
+    pretrain_run(zoo.path, tmp_path/"run", preset="tiny", steps=10, bs=8, windowsize=None, progress=False)
+    ps = from_run(tmp_path/"run")
+    new = ps.sample([zoo.make_model(4), zoo.make_model(9)], n=3, seed=1)
+    assert len(new) == 3 and all(isinstance(m, nn.Module) and not m.training for m in new)
+    out = new[0](torch.randn(5, 1, 8, 8))
+    assert out.shape == (5, 10) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="no models given"): ps.sample([], n=1)
