@@ -10,7 +10,7 @@ from fastcore.script import call_parse, Param
 
 # %% auto #0
 __all__ = ['BENCH_STAGES', 'bench_module', 'sane_bench', 'with_config', 'sane_zoo', 'sane_pretrain', 'sane_probe', 'sane_embed',
-           'sane_sample', 'sane_demo']
+           'sane_predict', 'sane_sample', 'sane_demo']
 
 # %% ../nbs/api/10b_cli.ipynb #21778664
 BENCH_STAGES = ("zoo", "tokenize", "train", "probe", "sample", "resnet18", "parity", "scaleout")
@@ -264,6 +264,31 @@ def sane_embed(
     print(_table({"run": Path(run).resolve(), "shard": shard or "all checkpoints",
                   "embeddings": merged if merged else "this part is done; the last shard to finish merges the parts",
                   "computed on": where}))
+
+# %% ../nbs/api/10b_cli.ipynb #57690cd5
+@call_parse
+def sane_predict(
+    pretrained:str,           # a pretrained SANE folder (save_pretrained)
+    checkpoints:Param("checkpoint files (.safetensors, .pt) or zoo folders", str, nargs="+"),
+    out:str=None,             # also write the predictions and embeddings here (.json)
+    device:str="auto",        # where to embed: auto, cpu, cuda, cuda:N or mps
+    threads:int=None,         # PyTorch CPU threads (default: $SANE_THREADS, else every core this process may use)
+):
+    "Predict test accuracy, epoch and generalisation gap of networks from their weights with a pretrained SANE; prints a table"
+    from sane_nb.pretrained import load_pretrained, load_checkpoints
+    from sane_nb.core import save_json
+    def predict(device):
+        ps = load_pretrained(pretrained)
+        sds, names = load_checkpoints(checkpoints)
+        emb = ps.embed(sds, device)
+        return ps, names, emb, {t: (((emb.double().numpy() - p["mean"])/p["std"]) @ p["w"] + p["b"]) for t, p in ps.probes.items()}
+    ps, names, emb, pred = _run("predict", predict, None, dict(device=device, threads=threads), {})[0]
+    targets = list(pred)
+    print("| checkpoint | " + " | ".join(targets) + " |\n|---|" + "---|"*len(targets))
+    for i, n in enumerate(names): print(f"| {n} | " + " | ".join(f"{pred[t][i]:.3f}" for t in targets) + " |")
+    print(f"\nPredicted from the weights alone by {Path(pretrained).resolve()} (test R² on its own zoo: "
+          + ", ".join(f"{t} {v['r2']:.2f}" for t, v in ps.card.get("test", {}).items()) + ")")
+    if out: save_json({"checkpoints": names, "predictions": pred, "embeddings": emb, "rep": ps.rep}, out)
 
 # %% ../nbs/api/10b_cli.ipynb #50fd75ba
 def _sample_table(res:dict)->str:

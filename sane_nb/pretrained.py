@@ -20,8 +20,8 @@ from .probe import embed, Standardizer, ridge_fit, r2_score, kendall_tau, RIDGE_
 from .nets import make_net
 
 # %% auto #0
-__all__ = ['PretrainedSANE', 'check_architecture', 'tokens', 'aligned', 'embed_models', 'predict', 'sample_networks', 'from_run',
-           'save_pretrained', 'load_pretrained']
+__all__ = ['PretrainedSANE', 'check_architecture', 'tokens', 'aligned', 'embed_models', 'predict', 'sample_networks',
+           'load_checkpoints', 'from_run', 'save_pretrained', 'load_pretrained']
 
 # %% ../nbs/api/13_pretrained.ipynb #f0a17c67
 @dataclasses.dataclass
@@ -115,6 +115,22 @@ def sample_networks(self:PretrainedSANE,
         net = make(); net.load_state_dict(sd); nets.append(net.eval())
     return nets
 PretrainedSANE.sample = sample_networks
+
+# %% ../nbs/api/13_pretrained.ipynb #9424c7dc
+def load_checkpoints(paths:list)->tuple[list, list]: # (state dicts, names)
+    "State dicts from checkpoint files (.safetensors, or torch.save files read with weights_only=True) or zoo folders"
+    from sane_nb.core import load_torch
+    from sane_nb.zoo import state_dict_of, load_zoo
+    sds, names = [], []
+    for p in map(Path, paths):
+        if p.is_dir():
+            zoo = load_zoo(p)
+            for i in range(len(zoo)):
+                sds.append(zoo[i][0]); names.append(f"{p.name}[{zoo.props['model_id'][i]}@{zoo.props['epoch'][i]}]")
+        elif p.suffix == ".safetensors": sds.append(load_tensors(p)); names.append(p.name)
+        else: sds.append(state_dict_of(load_torch(p), p)[0]); names.append(p.name)
+    if not sds: raise ValueError("no checkpoint files given")
+    return sds, names
 
 # %% ../nbs/api/13_pretrained.ipynb #ed875ff4
 def _fit_ridge(X, y, tr, va):

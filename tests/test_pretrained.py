@@ -43,3 +43,26 @@ def test_sampled_networks_are_networks_of_the_known_architecture(tmp_path):
     out = new[0](torch.randn(5, 1, 8, 8))
     assert out.shape == (5, 10) and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="no models given"): ps.sample([], n=1)
+
+
+def test_sane_predict_reads_checkpoint_files_and_zoo_folders(tmp_path):
+    import torch
+    from sane_nb.zoo import fixture_zoo
+    from sane_nb.pipeline import pretrain_run
+    from sane_nb.pretrained import from_run
+    from sane_nb.core import save_tensors
+    zoo = fixture_zoo()
+    pretrain_run(zoo.path, tmp_path/"run", preset="tiny", steps=10, bs=8, windowsize=None, progress=False)
+    from_run(tmp_path/"run").save_pretrained(tmp_path/"pre")
+    torch.save({"state_dict": {"module." + k: v for k, v in zoo[7][0].items()}}, tmp_path/"a.pt")
+    save_tensors(zoo[3][0], tmp_path/"b.safetensors")
+    bin_ = Path(sys.executable).parent/"sane_predict"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([str(bin_), str(tmp_path/"pre"), str(tmp_path/"a.pt"), str(tmp_path/"b.safetensors"), str(zoo.path),
+                        "--out", str(tmp_path/"p.json"), "--threads", "1"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| checkpoint | test_acc | epoch | ggap |" in r.stdout and "| a.pt |" in r.stdout and "| b.safetensors |" in r.stdout
+    res = json.loads((tmp_path/"p.json").read_text(), parse_constant=lambda c: 1/0)     # strict JSON
+    assert len(res["checkpoints"]) == 2 + len(zoo) and len(res["predictions"]["test_acc"]) == 2 + len(zoo)
+    bad = subprocess.run([str(bin_), str(tmp_path/"pre"), str(tmp_path/"nothing.pt")], capture_output=True, text=True, env=env)
+    assert bad.returncode != 0 and "nothing.pt: file not found" in bad.stderr and "Traceback" not in bad.stderr
