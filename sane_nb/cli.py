@@ -280,7 +280,7 @@ def sane_predict(
     def predict(device):
         ps = load_pretrained(pretrained)
         sds, names = load_checkpoints(checkpoints)
-        emb = ps.embed(sds, device)
+        emb = ps.embed(sds, device, names)
         return ps, names, emb, {t: (((emb.double().numpy() - p["mean"])/p["std"]) @ p["w"] + p["b"]) for t, p in ps.probes.items()}
     ps, names, emb, pred = _run("predict", predict, None, dict(device=device, threads=threads), {})[0]
     targets = list(pred)

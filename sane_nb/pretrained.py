@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .core import save_json, load_json, save_tensors, load_tensors, default_device
-from .tokenize import LayerStats, token_layout, tokenize, standardize, layout_mask_pos
+from .tokenize import LayerStats, token_layout, tokenize, standardize, layout_mask_pos, check_finite
 from .align import permutation_spec, weight_matching, apply_permutation
 from .model import SaneConfig
 from .train import load_sane
@@ -34,7 +34,7 @@ class PretrainedSANE:
     ignore_bn:bool=False        # whether BatchNorm entries were left out of the tokens
     arch:dict|None=None         # {"arch", "kwargs"} the SANE was trained on
     rep:str="sane_layers"       # the pooling the probes read: "sane" (mean), "sane_std" or "sane_layers"
-    probes:dict=dataclasses.field(default_factory=dict) # target -> {"w", "b", "mean", "std"} (a ridge on standardised features)
+    probes:dict=dataclasses.field(default_factory=dict) # target -> {"w", "b", "mean", "std", "lam"} (a ridge on standardised features)
     card:dict=dataclasses.field(default_factory=dict)   # where it came from and how good it is
     def __repr__(self): return f"PretrainedSANE({(self.arch or {}).get('arch')}, rep {self.rep}, probes {sorted(self.probes)})"
 
@@ -56,20 +56,26 @@ def check_architecture(self:PretrainedSANE, sd:dict, name:str="model"):
         raise ValueError(f"{name} is not a {arch} this SANE knows ({what})")
 PretrainedSANE.check_architecture = check_architecture
 
-def tokens(self:PretrainedSANE, models:list)->tuple:
+def tokens(self:PretrainedSANE, models, names:list|None=None)->tuple:
     "Networks (nn.Modules or state dicts) checked, aligned to the reference, standardised and tokenized: [n,N,T], mask, pos"
     layout = token_layout(self.reference, self.tokensize, self.ignore_bn)
-    toks = torch.stack([tokenize(standardize(sd, self.stats), layout=layout)[0] for sd in self.aligned(models)])
+    toks = torch.stack([tokenize(standardize(sd, self.stats), layout=layout)[0] for sd in self.aligned(models, names)])
     return (toks, *layout_mask_pos(layout))
 PretrainedSANE.tokens = tokens
 
-def aligned(self:PretrainedSANE, models:list)->list:
-    "Networks (nn.Modules or state dicts) checked and weight-matched to the reference: state dicts in its key order"
+def aligned(self:PretrainedSANE,
+    models,                 # nn.Modules or state dicts (or one of them)
+    names:list|None=None,   # what to call them in errors (e.g. their files); default "model i"
+)->list:                    # state dicts in the reference's key order, aligned to it
+    "Networks checked (architecture, finite weights) and weight-matched to the reference"
+    if isinstance(models, (nn.Module, dict)): models = [models]
     if not len(models): raise ValueError("no models given")
     spec, out = permutation_spec(self.reference), []
     for i, m in enumerate(models):
-        sd = _state_dict(m); self.check_architecture(sd, f"model {i}")
+        name = names[i] if names else f"model {i}"
+        sd = _state_dict(m); self.check_architecture(sd, name)
         sd = {k: sd[k] for k in self.reference}
+        check_finite(sd, where=f"{name}: ")
         out.append(apply_permutation(spec, weight_matching(spec, self.reference, sd), sd))
     return out
 PretrainedSANE.aligned = aligned
@@ -79,18 +85,20 @@ def _pool(e, rep):
     return {"sane": lambda: e.model, "sane_std": lambda: torch.cat([e.model, e.model_std], 1),
             "sane_layers": lambda: torch.cat([e.layers, e.layers_std], -1).flatten(1)}[rep]()
 
-def embed_models(self:PretrainedSANE, models:list, device:str|None=None)->torch.Tensor: # [n, d]
+def embed_models(self:PretrainedSANE, models, device:str|None=None, names:list|None=None)->torch.Tensor: # [n, d]
     "One embedding per network (nn.Modules or state dicts of the architecture it knows), pooled as `self.rep`"
-    toks, mask, pos = self.tokens(models)
+    toks, mask, pos = self.tokens(models, names)
     sane = self.sane.to(default_device(device))
     return _pool(embed(sane, toks, pos), self.rep).float().cpu()
 PretrainedSANE.embed = embed_models
 
-def predict(self:PretrainedSANE, models:list, device:str|None=None)->dict:  # target -> array [n]
+def _apply(p, X): return ((X - p["mean"])/p["std"]) @ p["w"] + p["b"]
+
+def predict(self:PretrainedSANE, models, device:str|None=None, names:list|None=None)->dict:  # target -> array [n]
     "Model properties (e.g. test accuracy, epoch, generalisation gap) predicted from the networks' weights alone"
     if not self.probes: raise ValueError("this SANE has no fitted probes (make it with from_run)")
-    X = self.embed(models, device).double().numpy()
-    return {t: ((X - p["mean"])/p["std"]) @ p["w"] + p["b"] for t, p in self.probes.items()}
+    X = self.embed(models, device, names).double().numpy()
+    return {t: _apply(p, X) for t, p in self.probes.items()}
 PretrainedSANE.predict = predict
 
 # %% ../nbs/api/13_pretrained.ipynb #ced99fa9
@@ -107,6 +115,7 @@ def sample_networks(self:PretrainedSANE,
     "New networks sampled around `models` in SANE's latent space, decoded, BatchNorm re-estimated, optionally subsampled"
     from sane_nb.sample import sample_models
     if not self.arch: raise ValueError("this SANE does not record its architecture: cannot build networks")
+    if not (isinstance(n, int) and n >= 1): raise ValueError(f"sample: option 'n' must be an integer >= 1, got {n!r}")
     make = lambda: make_net(self.arch["arch"], **self.arch.get("kwargs", {}))
     s = sample_models(self.sane.to(default_device(device)), self.aligned(models), n, self.stats, make, bn_x=x, val=val, k=k,
                       seed=seed, ignore_bn=self.ignore_bn, **kw)
@@ -125,10 +134,10 @@ def load_checkpoints(paths:list)->tuple[list, list]: # (state dicts, names)
     for p in map(Path, paths):
         if p.is_dir():
             zoo = load_zoo(p)
-            for i in range(len(zoo)):
-                sds.append(zoo[i][0]); names.append(f"{p.name}[{zoo.props['model_id'][i]}@{zoo.props['epoch'][i]}]")
-        elif p.suffix == ".safetensors": sds.append(load_tensors(p)); names.append(p.name)
-        else: sds.append(state_dict_of(load_torch(p), p)[0]); names.append(p.name)
+            for i in range(len(zoo)):   # named by the model's own folder or file, which load_zoo keeps
+                sds.append(zoo[i][0]); names.append(f"{p.name}/{zoo.props['model'][i]}@{zoo.props['epoch'][i]}")
+        else:   # wrappers and DataParallel / compile prefixes undone for both formats
+            sds.append(state_dict_of(load_tensors(p) if p.suffix == ".safetensors" else load_torch(p), p)[0]); names.append(p.name)
     if not sds: raise ValueError("no checkpoint files given")
     return sds, names
 
@@ -142,21 +151,24 @@ def _fit_ridge(X, y, tr, va):
 
 def from_run(run, targets=("test_acc", "epoch", "ggap"), rep:str="sane_layers")->PretrainedSANE:
     "A PretrainedSANE from a `pretrain_run` folder (or `Run`), with probes fitted on its training models"
-    from sane_nb.pipeline import load_run, _features
-    from sane_nb.probe import representations
+    from sane_nb.pipeline import load_run
+    from sane_nb.probe import weight_stats
+    from sane_nb.zoo import load_zoo
     run = run if hasattr(run, "tz") else load_run(run)
-    tz, feats = run.tz, representations(run.sane, run.tz)
+    tz = run.tz
     P = PretrainedSANE(run.sane.cpu().eval(), tz.stats, tz.reference, tz.layout.tokensize, tz.meta.get("ignore_bn", False),
                        tz.meta.get("arch"), rep)
+    zoo = load_zoo(run.settings["zoo"])   # the raw checkpoints: embedded the way `embed` will embed a user's network
+    X = P.embed([zoo[i][0] for i in range(len(zoo))]).double().numpy()
+    S = np.asarray(weight_stats(tz.tokens, tz.mask, tz.pos), np.float64)
     tr, va, te = (np.asarray(tz.splits[k]) for k in ("train", "val", "test"))
-    X, card = np.asarray(feats[rep], np.float64), {"run": str(run.path), "zoo": run.settings.get("zoo"), "test": {}}
+    card = {"run": str(run.path), "zoo": run.settings.get("zoo"), "test": {}}
     for t in targets:
         y = np.asarray(tz.props[t], np.float64)
         P.probes[t] = p = _fit_ridge(X, y, tr, va)
-        q = _fit_ridge(np.asarray(feats["s(W)"], np.float64), y, tr, va)
-        pred = lambda p, X: ((X[te] - p["mean"])/p["std"]) @ p["w"] + p["b"]
-        card["test"][t] = {"r2": r2_score(y[te], pred(p, X)), "tau": kendall_tau(y[te], pred(p, X)),
-                           "s(W)_r2": r2_score(y[te], pred(q, np.asarray(feats["s(W)"], np.float64)))}
+        q = _fit_ridge(S, y, tr, va)
+        card["test"][t] = {"r2": r2_score(y[te], _apply(p, X[te])), "tau": kendall_tau(y[te], _apply(p, X[te])),
+                           "s(W)_r2": r2_score(y[te], _apply(q, S[te])), "s(W)_tau": kendall_tau(y[te], _apply(q, S[te]))}
     diag = run.path/"diagnosis.json"
     if diag.exists(): card["learned"] = load_json(diag).get("learned")
     P.card = card
@@ -182,11 +194,18 @@ def load_pretrained(folder:str|Path, device:str="cpu")->PretrainedSANE:
     folder = Path(folder)
     if not (folder/"config.json").exists(): raise FileNotFoundError(f"{folder}: not a pretrained SANE (no config.json)")
     cfg = load_json(folder/"config.json")
-    if cfg.get("format") != "sane_nb.pretrained/1": raise ValueError(f"{folder/'config.json'}: not a sane_nb pretrained SANE")
-    sane = SANE(SaneConfig(**cfg["sane"])); sane.load_state_dict(load_tensors(folder/"model.safetensors")); sane.to(device).eval()
-    ref = load_tensors(folder/"reference.safetensors")
-    raw = load_tensors(folder/"probes.safetensors")
-    probes = {t: {k: (raw[f"{t}.{k}"].numpy() if raw[f"{t}.{k}"].ndim else raw[f"{t}.{k}"].item()) for k in ("w", "b", "mean", "std", "lam")}
-              for t in cfg["targets"]}
-    return PretrainedSANE(sane, LayerStats.load(folder/"stats.json"), {k: ref[k] for k in cfg["reference_keys"]}, cfg["tokensize"],
-                          cfg["ignore_bn"], cfg["arch"], cfg["rep"], probes, cfg["card"])
+    if cfg.get("format") != "sane_nb.pretrained/1":
+        raise ValueError(f"{folder/'config.json'}: format {cfg.get('format')!r}; this version of sane_nb reads 'sane_nb.pretrained/1'")
+    try:
+        if cfg["rep"] not in ("sane", "sane_std", "sane_layers"): raise ValueError(f"unknown pooling rep {cfg['rep']!r}")
+        sane = SANE(SaneConfig(**cfg["sane"])); sane.load_state_dict(load_tensors(folder/"model.safetensors")); sane.to(device).eval()
+        ref = load_tensors(folder/"reference.safetensors")
+        raw = load_tensors(folder/"probes.safetensors")
+        probes = {t: {k: (raw[f"{t}.{k}"].numpy() if raw[f"{t}.{k}"].ndim else raw[f"{t}.{k}"].item()) for k in ("w", "b", "mean", "std", "lam")}
+                  for t in cfg["targets"]}
+        return PretrainedSANE(sane, LayerStats.load(folder/"stats.json"), {k: ref[k] for k in cfg["reference_keys"]}, cfg["tokensize"],
+                              cfg["ignore_bn"], cfg["arch"], cfg["rep"], probes, cfg["card"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as e:   # a damaged folder or one of another version
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise ValueError(f"{folder}: an inconsistent pretrained SANE (config.json, its safetensors files and this version of "
+                         f"sane_nb do not agree: {str(msg).splitlines()[0][:200]})") from None

@@ -66,3 +66,12 @@ def test_sane_predict_reads_checkpoint_files_and_zoo_folders(tmp_path):
     assert len(res["checkpoints"]) == 2 + len(zoo) and len(res["predictions"]["test_acc"]) == 2 + len(zoo)
     bad = subprocess.run([str(bin_), str(tmp_path/"pre"), str(tmp_path/"nothing.pt")], capture_output=True, text=True, env=env)
     assert bad.returncode != 0 and "nothing.pt: file not found" in bad.stderr and "Traceback" not in bad.stderr
+    from sane_nb.nets import make_net
+    save_tensors(make_net("cnn_small").state_dict(), tmp_path/"other.safetensors")
+    bad = subprocess.run([str(bin_), str(tmp_path/"pre"), str(tmp_path/"a.pt"), str(tmp_path/"other.safetensors")],
+                         capture_output=True, text=True, env=env)
+    assert "other.safetensors is not a cnn_digits this SANE knows" in bad.stderr and "Traceback" not in bad.stderr
+    cfg = json.loads((tmp_path/"pre"/"config.json").read_text()); cfg["sane"]["d_model"] += 1
+    (tmp_path/"pre"/"config.json").write_text(json.dumps(cfg))
+    bad = subprocess.run([str(bin_), str(tmp_path/"pre"), str(tmp_path/"a.pt")], capture_output=True, text=True, env=env)
+    assert "an inconsistent pretrained SANE" in bad.stderr and "Traceback" not in bad.stderr
