@@ -275,13 +275,13 @@ def sane_predict(
     threads:int=None,         # PyTorch CPU threads (default: $SANE_THREADS, else every core this process may use)
 ):
     "Predict test accuracy, epoch and generalisation gap of networks from their weights with a pretrained SANE; prints a table"
-    from sane_nb.pretrained import load_pretrained, load_checkpoints
+    from sane_nb.pretrained import load_pretrained, load_checkpoints, _apply
     from sane_nb.core import save_json
     def predict(device):
         ps = load_pretrained(pretrained)
         sds, names = load_checkpoints(checkpoints)
         emb = ps.embed(sds, device, names)
-        return ps, names, emb, {t: (((emb.double().numpy() - p["mean"])/p["std"]) @ p["w"] + p["b"]) for t, p in ps.probes.items()}
+        return ps, names, emb, {t: _apply(p, emb.double().numpy()) for t, p in ps.probes.items()}
     ps, names, emb, pred = _run("predict", predict, None, dict(device=device, threads=threads), {})[0]
     targets = list(pred)
     print("| checkpoint | " + " | ".join(targets) + " |\n|---|" + "---|"*len(targets))

@@ -16,7 +16,7 @@ from .tokenize import LayerStats, token_layout, tokenize, standardize, layout_ma
 from .align import permutation_spec, weight_matching, apply_permutation
 from .model import SaneConfig
 from .train import load_sane
-from .probe import embed, Standardizer, ridge_fit, r2_score, kendall_tau, RIDGE_LAMBDAS
+from .probe import embed, Standardizer, select_ridge, r2_score, kendall_tau
 from .nets import make_net
 
 # %% auto #0
@@ -145,8 +145,7 @@ def load_checkpoints(paths:list)->tuple[list, list]: # (state dicts, names)
 def _fit_ridge(X, y, tr, va):
     "A ridge probe on standardised features, lambda chosen by validation MSE: its weights and the scaler"
     z = Standardizer(X[tr])
-    fits = [(ridge_fit(z(X[tr]), y[tr], lam), lam) for lam in RIDGE_LAMBDAS]
-    (w, b), lam = min(fits, key=lambda f: np.mean((y[va] - z(X[va]) @ f[0][0] - f[0][1])**2))
+    w, b, lam = select_ridge(z(X[tr]), y[tr], z(X[va]), y[va])   # the same choice as `predict_properties`' linear probe
     return dict(w=w, b=np.float64(b), mean=z.m, std=z.s, lam=lam)
 
 def from_run(run, targets=("test_acc", "epoch", "ggap"), rep:str="sane_layers")->PretrainedSANE:

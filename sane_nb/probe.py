@@ -18,7 +18,7 @@ from .core import save_json, progress as _progress
 # %% auto #0
 __all__ = ['RIDGE_LAMBDAS', 'LOGISTIC_CS', 'halo_windows', 'check_positions', 'encode_windows', 'Embeddings', 'embed',
            'encode_tokens', 'weight_stats', 'flat_weights', 'r2_score', 'kendall_tau', 'Standardizer', 'ridge_fit',
-           'fit_probe', 'ProbeTable', 'predict_properties', 'representations']
+           'fit_probe', 'select_ridge', 'ProbeTable', 'predict_properties', 'representations']
 
 # %% ../nbs/api/08_probe.ipynb #7c1cef27
 def halo_windows(
@@ -235,9 +235,14 @@ def fit_probe(
         best = max(((LogisticRegression(C=C, max_iter=2000).fit(Xtr, ytr), C) for C in LOGISTIC_CS),
                    key=lambda mc: np.mean(mc[0].predict(Xva) == yva))
         return best[0].predict, best[1]
-    fits = [(ridge_fit(Xtr, ytr, lam), lam) for lam in RIDGE_LAMBDAS]
-    (w, b), lam = min(fits, key=lambda f: np.mean((yva - Xva @ f[0][0] - f[0][1])**2))   # = best R², also defined for a constant yva
+    w, b, lam = select_ridge(Xtr, ytr, Xva, yva)
     return (lambda X: X @ w + b), lam
+
+def select_ridge(Xtr, ytr, Xva, yva)->tuple: # (weights [d], bias, the chosen lambda)
+    "The ridge of `RIDGE_LAMBDAS` with the least validation MSE (= best validation R², also defined for a constant yva)"
+    fits = [(ridge_fit(Xtr, ytr, lam), lam) for lam in RIDGE_LAMBDAS]
+    (w, b), lam = min(fits, key=lambda f: np.mean((yva - Xva @ f[0][0] - f[0][1])**2))
+    return w, b, lam
 
 # %% ../nbs/api/08_probe.ipynb #f9ae305b
 class ProbeTable(list):
