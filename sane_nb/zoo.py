@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn, Tensor
 from .core import cache_path, atomic_write, save_json, load_json, save_tensors, load_tensors, load_torch, torch_threads, check_options, clean_orphans
-from .core import progress as _progress
+from .core import progress as _progress, _num   # a finite int or float, not a bool
 from .data import ImageData, load_dataset, train_subset, test_subset, resize_images
 from .nets import ACTIVATIONS, INITS, ZooCNN, make_net
 from .population import METRICS, RUNNING, train_population, train_one
@@ -28,7 +28,6 @@ DEFAULT_GRID = dict(act=["tanh", "relu", "sigmoid", "gelu"],
                     init=["uniform", "normal", "kaiming_uniform", "kaiming_normal"],
                     optimizer=["adam", "sgd"], lr=[3e-2, 1e-2, 3e-3, 1e-3], wd=[0., 1e-3], dropout=[0., 0.1])
 SEED_POINT = dict(act="tanh", init="kaiming_uniform", optimizer="adam", lr=1e-3, wd=0., dropout=0.)
-def _num(v): return isinstance(v, (int, float)) and not isinstance(v, bool)
 _CHECKS = dict(act=lambda v: v in ACTIVATIONS, init=lambda v: v in INITS, optimizer=lambda v: v in ("adam", "sgd"),
                lr=lambda v: _num(v) and v > 0, wd=lambda v: _num(v) and v >= 0, dropout=lambda v: _num(v) and 0 <= v < 1)
 
