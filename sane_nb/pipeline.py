@@ -13,7 +13,8 @@ import torch
 from .core import load_json, save_json, atomic_write, check_options, default_device, save_tensors, load_tensors
 from .data import load_dataset
 from .nets import make_net
-from .zoo import load_zoo, make_zoo, zoo_images, parse_shard
+from .zoo import make_zoo, zoo_images, parse_shard
+from .zoo_io import load_zoo
 from .dataset import tokenize_zoo, load_token_zoo
 from .model import SaneConfig, PRESETS, fit_config
 from .probe import predict_properties, representations

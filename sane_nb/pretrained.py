@@ -129,7 +129,7 @@ PretrainedSANE.sample = sample_networks
 def load_checkpoints(paths:list)->tuple[list, list]: # (state dicts, names)
     "State dicts from checkpoint files (.safetensors, or torch.save files read with weights_only=True) or zoo folders"
     from sane_nb.core import load_torch
-    from sane_nb.zoo import state_dict_of, load_zoo
+    from sane_nb.zoo_io import state_dict_of, load_zoo
     sds, names = [], []
     for p in map(Path, paths):
         if p.is_dir():
@@ -152,7 +152,7 @@ def from_run(run, targets=("test_acc", "epoch", "ggap"), rep:str="sane_layers")-
     "A PretrainedSANE from a `pretrain_run` folder (or `Run`), with probes fitted on its training models"
     from sane_nb.pipeline import load_run
     from sane_nb.probe import weight_stats
-    from sane_nb.zoo import load_zoo
+    from sane_nb.zoo_io import load_zoo
     run = run if hasattr(run, "tz") else load_run(run)
     tz = run.tz
     P = PretrainedSANE(run.sane.cpu().eval(), tz.stats, tz.reference, tz.layout.tokensize, tz.meta.get("ignore_bn", False),

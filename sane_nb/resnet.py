@@ -15,7 +15,8 @@ from .core import default_device
 from .data import ImageData
 from .nets import make_net, accuracy
 from .population import train_one
-from .zoo import make_zoo, zoo_images, load_zoo
+from .zoo import make_zoo, zoo_images
+from .zoo_io import load_zoo
 from .tokenize import tokenize, token_layout, layout_mask_pos
 from .model import SaneConfig
 from .probe import encode_tokens

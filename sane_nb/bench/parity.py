@@ -96,7 +96,7 @@ def parity_summary(results:list)->dict:
 # %% ../../nbs/bench/06_parity.ipynb #c48850fb
 def _one(args):
     zoo_path, seed, epochs, gamma, stats_head, dest = args
-    from sane_nb.zoo import load_zoo
+    from sane_nb.zoo_io import load_zoo
     if dest.exists(): return load_json(dest)
     res = parity_seed(load_zoo(zoo_path), seed, epochs, gamma, stats_head)
     save_json(res, dest)

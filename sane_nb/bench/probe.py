@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from ..core import cache_path, save_json, load_json, spawn_map
 from ..model import SaneConfig
-from ..zoo import make_zoo, load_zoo
+from ..zoo import make_zoo
+from ..zoo_io import load_zoo
 from ..dataset import tokenize_zoo
 from ..probe import ProbeTable, predict_properties, representations
 from ..train import pretrain_on_zoo

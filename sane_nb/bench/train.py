@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from ..core import default_device, save_json
 from ..model import SANE, SaneConfig
-from ..train import Learner, make_optimizer, make_scheduler
+from ..learner import Learner, make_optimizer, make_scheduler
 from ..losses import nt_xent
 
 # %% auto #0
