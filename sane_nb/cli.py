@@ -13,7 +13,7 @@ __all__ = ['BENCH_STAGES', 'bench_module', 'sane_bench', 'with_config', 'sane_zo
            'sane_predict', 'sane_sample', 'sane_demo']
 
 # %% ../nbs/api/10b_cli.ipynb #21778664
-BENCH_STAGES = ("zoo", "tokenize", "train", "probe", "sample", "resnet18", "parity", "scaleout")
+BENCH_STAGES = ("zoo", "tokenize", "train", "probe", "sample", "resnet18", "parity", "scaleout", "gpu")
 
 def _leaves(d, at=""):
     "(path, number or string) for every leaf of a nested summary"
@@ -54,6 +54,7 @@ def sane_bench(
           if v is not None}
     if bad := [k for k in kw if k not in inspect.signature(mod.run).parameters]:
         raise SystemExit(f"sane_bench {stage}: this benchmark has no option {', '.join('--' + k for k in bad)}")
+    if (check := getattr(mod, "unavailable", None)) and (why := check(size)): raise SystemExit(f"sane_bench {stage}: {why}")
     if size is not None and size not in getattr(mod, "SIZES", {}):     # checked before any work; later errors keep their traceback
         raise SystemExit(f"sane_bench {stage}: unknown size {size!r}; choose one of {sorted(getattr(mod, 'SIZES', {}))}")
     if bad := [v for v in kw.get("variants", ()) if v not in getattr(mod, "VARIANTS", {})]:

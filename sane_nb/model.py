@@ -15,8 +15,8 @@ from torch import nn, Tensor
 from .core import save_json, load_json
 
 # %% auto #0
-__all__ = ['PRESETS', 'SaneConfig', 'fit_config', 'PositionEmbeddings', 'SelfAttention', 'Block', 'Transformer', 'ProjectionHead',
-           'SANE', 'param_counts']
+__all__ = ['PRESETS', 'SaneConfig', 'fit_config', 'PositionEmbeddings', 'attend', 'SelfAttention', 'Block', 'Transformer',
+           'ProjectionHead', 'SANE', 'param_counts']
 
 # %% ../nbs/api/06_model.ipynb #32696fb0
 @dataclass
@@ -126,6 +126,13 @@ class PositionEmbeddings(nn.Module):
         return x + emb
 
 # %% ../nbs/api/06_model.ipynb #4672bdcd
+def attend(q:Tensor, k:Tensor, v:Tensor, dropout_p:float=0.0)->Tensor: # [B,H,N,hd] each -> [B,H,N,hd]
+    "Bidirectional attention by `F.scaled_dot_product_attention`; on the CPU in float32 (bf16/fp16 in and out: faster)"
+    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cpu", enabled=False):   # else autocast would cast them back down
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout_p).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+
 class SelfAttention(nn.Module):
     "Bidirectional multi-head self-attention, bias-free, through `F.scaled_dot_product_attention`"
     def __init__(self, d_model:int, n_heads:int, dropout:float=0.0):
@@ -138,7 +145,7 @@ class SelfAttention(nn.Module):
     def forward(self, x:Tensor)->Tensor: # [B,N,d] -> [B,N,d]
         B, N, d = x.shape
         q, k, v = (t.view(B, N, self.n_heads, d//self.n_heads).transpose(1, 2) for t in self.c_attn(x).split(d, dim=2))
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=False)
+        y = attend(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.resid_drop(self.c_proj(y.transpose(1, 2).reshape(B, N, d)))
 
 # %% ../nbs/api/06_model.ipynb #c5d4ac10

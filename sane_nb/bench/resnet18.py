@@ -4,7 +4,7 @@
 
 # %% ../../nbs/bench/05_resnet18.ipynb #b7baf460
 from __future__ import annotations
-import json, platform, tempfile, time
+import platform, tempfile, time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,12 +15,12 @@ from ..core import cache_path, save_json, torch_threads
 from ..dataset import tokenize_zoo, token_loaders
 from ..train import Callback, pretrain
 from ..probe import encode_tokens
-from ..sample import sample_models, prompt_tokens
+from ..sample import sample_models
 from ..zoo import make_zoo
 from ..resnet import RESNET_POINT, resnet_data, resnet_config, memory_profile, peak_memory_mb, sample_vs_scratch
 
 # %% auto #0
-__all__ = ['SIZES', 'bench_pipeline', 'bench_gpu', 'run']
+__all__ = ['SIZES', 'bench_pipeline', 'run']
 
 # %% ../../nbs/bench/05_resnet18.ipynb #1845c1d0
 SIZES = {True: dict(n_models=2, epochs=1, n_train=128, n_test=128, steps=30, bs=8, n=2, bn_iters=4),
@@ -77,35 +77,6 @@ def bench_pipeline(
         res["acc"]["prompts"] = {"0": float(np.mean([P["test_acc"][i] for i in last]))}
     return res
 
-# %% ../../nbs/bench/05_resnet18.ipynb #07e8bbe5
-def bench_gpu(quick:bool=True)->dict:
-    "The paper_resnet18 config on CUDA: training tokens/s and peak memory, embedding tokens/s, seconds to sample one"
-    from sane_nb.bench.train import time_training
-    from sane_nb.model import SANE
-    from sane_nb.nets import make_net
-    from sane_nb.tokenize import LayerStats
-    dev, cfg = torch.device("cuda"), resnet_config("paper")
-    torch.cuda.reset_peak_memory_stats(dev)
-    r = time_training(cfg, bs=16, steps=3 if quick else 10, blocks=3, warmup=2, device=dev, amp="bf16")
-    out = {"device": torch.cuda.get_device_name(), "train_tokens_per_s": r["tokens_per_s"],
-           "train_peak_mem_mb": torch.cuda.max_memory_allocated(dev)/2**20}
-    torch.cuda.empty_cache()
-    torch.manual_seed(0)
-    sane = SANE(cfg).to(dev).eval()
-    sd = make_net("resnet18").state_dict()
-    stats = LayerStats.from_state_dicts([sd])
-    toks, _, pos = prompt_tokens([sd], stats, cfg.tokensize)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        torch.cuda.synchronize(); t0 = time.perf_counter()
-        encode_tokens(sane, toks, pos, halo=64, batch_size=64); torch.cuda.synchronize()
-        out["embed_tokens_per_s"] = toks.shape[1]/(time.perf_counter() - t0)
-        torch.cuda.reset_peak_memory_stats(dev); t0 = time.perf_counter()
-        data = resnet_data("digits", 256, 64)
-        sample_models(sane, [sd], 1, stats, lambda: make_net("resnet18", in_ch=3), halo=64,
-                      bn_x=data.x_train.expand(-1, 3, -1, -1), bn_iters=10, batch_size=64)
-        torch.cuda.synchronize()
-    return out | {"sample_s": time.perf_counter() - t0, "sample_peak_mem_mb": torch.cuda.max_memory_allocated(dev)/2**20}
-
 # %% ../../nbs/bench/05_resnet18.ipynb #424956da
 def run(
     quick:bool=False,      # reduced sizes (about 3 minutes on 2 cores, once the zoo is cached)
@@ -118,7 +89,10 @@ def run(
                "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": 1, "torch": torch.__version__,
                "zoo_kind": "seed", "dataset": "digits upsampled to 32x32", "sane": "tiny preset, tokensize 288, window 256, halo 64"}
         res |= bench_pipeline(quick)
-        res["gpu"] = bench_gpu(quick) if torch.cuda.is_available() else "none: paper_resnet18 cases not run"
+        if torch.cuda.is_available():
+            from sane_nb.bench.gpu import resnet18_case
+            res["gpu"] = resnet18_case("cuda", "paper")
+        else: res["gpu"] = "none: the paper_resnet18 case (sane_nb.bench.gpu.resnet18_case) not run"
     res |= {"wall_s": round(time.time() - w0, 1), "cpu_s": round(time.process_time() - c0, 1)}
     if out is not None: save_json(res, out)
     return res
