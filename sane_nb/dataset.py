@@ -182,11 +182,11 @@ def _numeric_props(props, idx):
 
 @patch
 def sequences(self:TokenZoo,
-    split:str="train", # a split name
+    split:str|list="train", # a split name, or a list of checkpoint indices
 )->dict:               # tokens [n,N,T], mask [N,T], pos [N,3], props {name: [n]}, index [n] (checkpoint indices)
-    "All standardised, aligned token sequences of a split (loaded into memory), with positions, mask and properties"
-    if split not in self.splits: raise KeyError(f"no split {split!r}; this zoo has {list(self.splits)}")
-    idx = self.splits[split]
+    "All standardised, aligned token sequences of a split (or of given checkpoints, loaded into memory), with positions, mask and properties"
+    if isinstance(split, str) and split not in self.splits: raise KeyError(f"no split {split!r}; this zoo has {list(self.splits)}")
+    idx = self.splits[split] if isinstance(split, str) else [int(i) for i in split]
     return {"tokens": self.tokens[torch.as_tensor(idx)], "mask": self.mask.clone(), "pos": self.pos.clone(),
             "props": _numeric_props(self.props, idx), "index": torch.as_tensor(idx)}
 

@@ -19,14 +19,14 @@ from .probe import encode_tokens, representations, predict_properties
 from .sample import decode_tokens
 
 # %% auto #0
-__all__ = ['reconstruction_error', 'shared_offset_retrieval', 'latent_variance_share', 'untrained_representations', 'probe_floor',
-           'Diagnosis', 'diagnose']
+__all__ = ['reconstruction_error', 'linear_floor', 'shared_offset_retrieval', 'latent_variance_share',
+           'untrained_representations', 'probe_floor', 'Diagnosis', 'diagnose']
 
 # %% ../nbs/api/09c_diagnose.ipynb #633f32c3
 def reconstruction_error(
     sane:SANE,              # a SANE (eval mode is set while it runs)
     tz,                     # a `TokenZoo` with aligned, standardised tokens
-    split:str="val",        # which split
+    split:str|list="val",   # which split (or a list of checkpoint indices, e.g. sampling prompts)
     by:str="test_acc",      # property whose quartiles are reported (skipped if the zoo has none)
     halo:int|None=None,     # window halo when models are longer than a window; None = windowsize // 4
     z:Tensor|None=None,     # the split's per-token latents [n, N, lat] if already computed (`encode_tokens`)
@@ -44,6 +44,20 @@ def reconstruction_error(
         out.update(by=by, by_quartile=[float(err[q == k].sum()/sig[q == k].sum()) if (q == k).any() else float("nan")
                                        for k in range(4)])
     return out
+
+# %% ../nbs/api/09c_diagnose.ipynb #f3b0f6ce
+def linear_floor(
+    tz,                     # a `TokenZoo`
+    lat_dims=(8, 16, 32, 64, 128), # numbers per token
+    split:str|list="train", # which split (or checkpoint indices)
+)->dict:                    # {k: relative error of the best rank-k linear code}
+    "Relative reconstruction error of the best linear code with k numbers per token (uncentred PCA of the tokens)"
+    t = tz.sequences(split)["tokens"]
+    X = t.reshape(-1, t.shape[-1])
+    C = torch.zeros(X.shape[1], X.shape[1], dtype=torch.float64)
+    for i in range(0, len(X), 65536): C += (lambda x: x.T @ x)(X[i:i + 65536].double())
+    ev = torch.linalg.eigvalsh(C).flip(0).clamp_min(0)
+    return {int(k): float(1 - ev[:k].sum()/ev.sum()) for k in lat_dims}
 
 # %% ../nbs/api/09c_diagnose.ipynb #cbf88d7a
 def shared_offset_retrieval(

@@ -97,11 +97,11 @@ def noise_baseline(
     return noise_candidates(prompts, dist, j, seed, stats), dist
 
 # %% ../nbs/api/09b_evaluate.ipynb #78af9fbc
-def _curves(sds, make_model, data, bn_x, epochs, seed, device=None, **ft):
+def _curves(sds, make_model, data, bn_x, epochs, seed, device=None, bn_iters=50, **ft):
     out = []
     for j, sd in enumerate(sds):
         net = make_model(); net.load_state_dict(sd); net.to(device or "cpu")
-        condition_bn(net, bn_x, seed=seed + j)
+        condition_bn(net, bn_x, bn_iters, seed=seed + j)
         out.append(finetune(net, data, epochs, seed=seed + j, **ft))
     return out
 
@@ -114,6 +114,7 @@ def compare_inits(
     k:int|None=None,       # candidates per population for subsampling (None: no subsampling)
     init:str|None=None,    # initialisation scheme of the scratch baseline (`init_weights`), None = PyTorch default
     sample_kw:dict|None=None, # more arguments of `sample_models` (mode, bandwidth, halo, ...)
+    bn_iters:int=50,       # BatchNorm re-estimation passes, the same for every method (samples, candidates, baselines)
     device=None,           # where to fine-tune (None: the CPU); SANE encodes and decodes on its own device
     progress:bool=False,   # progress over the populations, named 'sample'
     **ft,                  # arguments of `finetune` (lr, optimizer, bs)
@@ -123,11 +124,11 @@ def compare_inits(
     res = {m: [] for m in ("sane", "scratch", "prompts", "noise", "noise_layer")} | {"dist": []}
     for p in _progress(range(populations), name="sample: populations sampled and fine-tuned", display=progress):
         s = sample_models(sane, prompts, n, stats, make_model, bn_x=train_data.x_train, val=val if k else None, k=k,
-                          seed=1000*p, **(sample_kw or {}))
+                          seed=1000*p, bn_iters=bn_iters, **(sample_kw or {}))
         noisy = {}
         for m, st in (("noise", None), ("noise_layer", stats)):
             cands = noise_candidates(prompts, s.candidate_dist, s.candidate_prompt, seed=1000*p, stats=st)
-            noisy[m] = select_best(cands, n, make_model, val if k else None, train_data.x_train, seed=1000*p)[0]
+            noisy[m] = select_best(cands, n, make_model, val if k else None, train_data.x_train, bn_iters, seed=1000*p)[0]
         dist = nearest_prompt(s.state_dicts, prompts)[0]   # the kept samples' distances to their nearest prompts
         scratch = []
         for j in range(n):
@@ -136,7 +137,7 @@ def compare_inits(
             scratch.append(net.state_dict())
         cyc = [prompts[j % len(prompts)] for j in range(n)]
         for m, sds in (("sane", s.state_dicts), ("scratch", scratch), ("prompts", cyc), *noisy.items()):
-            res[m].append(_curves(sds, make_model, train_data, train_data.x_train, epochs, 1000*p, device, **ft))
+            res[m].append(_curves(sds, make_model, train_data, train_data.x_train, epochs, 1000*p, device, bn_iters, **ft))
         res["dist"].append(dist.tolist())
     return {m: np.array(v) for m, v in res.items()}
 
