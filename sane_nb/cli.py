@@ -269,7 +269,7 @@ def sane_embed(
 # %% ../nbs/api/10b_cli.ipynb #57690cd5
 @call_parse
 def sane_predict(
-    pretrained:str,           # a pretrained SANE folder (save_pretrained)
+    pretrained:str,           # a pretrained SANE folder (save_pretrained) or a Hugging Face Hub repo id
     checkpoints:Param("checkpoint files (.safetensors, .pt) or zoo folders", str, nargs="+"),
     out:str=None,             # also write the predictions and embeddings here (.json)
     device:str="auto",        # where to embed: auto, cpu, cuda, cuda:N or mps

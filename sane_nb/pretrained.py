@@ -4,12 +4,13 @@
 
 # %% ../nbs/api/13_pretrained.ipynb #075368ba
 from __future__ import annotations
-import dataclasses, json
+import dataclasses, json, re
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from huggingface_hub import ModelHubMixin, snapshot_download
 
 from .core import save_json, load_json, save_tensors, load_tensors, default_device
 from .tokenize import LayerStats, token_layout, tokenize, standardize, layout_mask_pos, check_finite
@@ -25,7 +26,7 @@ __all__ = ['PretrainedSANE', 'check_architecture', 'tokens', 'aligned', 'embed_m
 
 # %% ../nbs/api/13_pretrained.ipynb #f0a17c67
 @dataclasses.dataclass
-class PretrainedSANE:
+class PretrainedSANE(ModelHubMixin, library_name="sane_nb", tags=["weight-space-learning", "sane", "model-zoo"]):
     "A trained SANE with what it needs to embed a network: layout, statistics, alignment reference, and fitted probes"
     sane:nn.Module              # the autoencoder (eval mode)
     stats:LayerStats            # per-layer standardisation of its training zoo
@@ -174,7 +175,21 @@ def from_run(run, targets=("test_acc", "epoch", "ggap"), rep:str="sane_layers")-
     return P
 
 # %% ../nbs/api/13_pretrained.ipynb #61f2047f
-def save_pretrained(self:PretrainedSANE, folder:str|Path)->Path:
+def _card_markdown(p:PretrainedSANE)->str:
+    "README.md of a pretrained SANE folder: Hub metadata, how to load it, and its card"
+    rows = [f"| {t} | {v.get('r2', float('nan')):.3f} | {v.get('tau', float('nan')):.3f} | "
+            f"{p.card.get('test_sw', {}).get(t, {}).get('r2', float('nan')):.3f} |" for t, v in p.card.get("test", {}).items()]
+    return "\n".join(["---", "library_name: sane_nb", "tags: [weight-space-learning, sane, model-zoo]", "---", "",
+        f"# A pretrained SANE for `{(p.arch or {}).get('arch')}` networks", "",
+        "Embeds networks of this architecture, predicts their test accuracy, epoch and generalisation gap from their weights, "
+        "and samples new ones (`sane_nb`, a re-implementation of SANE, Schürholt et al., ICML 2024).", "",
+        "```python", "from sane_nb.pretrained import load_pretrained", 'sane = load_pretrained("<this folder or Hub repo id>")',
+        "sane.predict([net])", "```", "",
+        *(["Held-out test checkpoints of its zoo (linear probe on its embedding, beside the same probe on s(W)):", "",
+           "| target | R² | Kendall τ | R² of s(W) |", "|---|---|---|---|", *rows, ""] if rows else []),
+        "The full card (zoo, run, budget, diagnosis):", "", "```json", json.dumps(p.card, indent=1, default=str), "```", ""])
+
+def _write_folder(self:PretrainedSANE, folder:str|Path)->Path:
     "Everything needed to use this SANE again, in one folder of JSON and safetensors"
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     save_tensors(self.sane.state_dict(), folder/"model.safetensors")
@@ -184,10 +199,10 @@ def save_pretrained(self:PretrainedSANE, folder:str|Path)->Path:
     save_json({"sane": dataclasses.asdict(self.sane.cfg), "tokensize": self.tokensize, "ignore_bn": self.ignore_bn,
                "arch": self.arch, "rep": self.rep, "reference_keys": list(self.reference), "targets": list(self.probes),
                "card": self.card, "format": "sane_nb.pretrained/1"}, folder/"config.json")
+    (folder/"README.md").write_text(_card_markdown(self), encoding="utf-8")
     return folder
-PretrainedSANE.save_pretrained = save_pretrained
 
-def load_pretrained(folder:str|Path, device:str="cpu")->PretrainedSANE:
+def _read_folder(folder:str|Path, device:str="cpu")->PretrainedSANE:
     "A PretrainedSANE from a folder written by `save_pretrained` (no pickle anywhere)"
     from sane_nb.model import SANE
     folder = Path(folder)
@@ -208,3 +223,41 @@ def load_pretrained(folder:str|Path, device:str="cpu")->PretrainedSANE:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise ValueError(f"{folder}: an inconsistent pretrained SANE (config.json, its safetensors files and this version of "
                          f"sane_nb do not agree: {str(msg).splitlines()[0][:200]})") from None
+
+def _from_pretrained(cls, *, model_id:str, revision=None, cache_dir=None, force_download=False, local_files_only=False,
+                     token=None, device:str="cpu", **config):
+    "huggingface_hub's loading hook: a local folder as it is, a Hub repo downloaded (snapshot) first"
+    folder = Path(model_id)
+    if not folder.is_dir():
+        folder = Path(snapshot_download(repo_id=model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
+                                        local_files_only=local_files_only, token=token))
+    return _read_folder(folder, device)
+
+def save_pretrained(self:PretrainedSANE,
+    save_directory:str|Path, # the folder (created)
+    **kwargs,                # of huggingface_hub's `save_pretrained`: push_to_hub=True, repo_id=..., token=..., private=...
+)->Path:                     # the folder
+    "Write everything needed to use this SANE again into one folder (JSON, safetensors, README.md); optionally upload it"
+    ModelHubMixin.save_pretrained(self, save_directory, **kwargs)
+    return Path(save_directory)
+
+PretrainedSANE._save_pretrained, PretrainedSANE.save_pretrained = _write_folder, save_pretrained
+PretrainedSANE._from_pretrained = classmethod(_from_pretrained)
+
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+def load_pretrained(
+    name:str|Path,          # a folder written by `save_pretrained`, or a Hugging Face Hub repo id ("owner/name")
+    device:str="cpu",       # where the SANE runs
+    revision:str|None=None, # a Hub revision (branch, tag or commit)
+)->PretrainedSANE:
+    "A PretrainedSANE from a local folder, or from the Hub (downloaded into its cache first); no pickle anywhere"
+    folder = Path(name)
+    if not folder.is_dir():
+        if folder.exists() or not _REPO_ID.fullmatch(str(name)):
+            raise FileNotFoundError(f"{name}: not a pretrained SANE folder, and not a Hugging Face Hub repo id ('owner/name')")
+        try: folder = Path(snapshot_download(repo_id=str(name), revision=revision))
+        except Exception as e:   # offline, no such repo, no access: one line that says which
+            raise FileNotFoundError(f"{name}: no such local folder, and the Hugging Face Hub repo could not be downloaded "
+                                    f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})") from None
+    return PretrainedSANE.from_pretrained(folder, device=device)

@@ -13,7 +13,7 @@ def test_a_saved_pretrained_sane_predicts_in_a_fresh_process(tmp_path):
     pretrain_run(zoo.path, tmp_path/"run", preset="tiny", steps=10, bs=8, windowsize=None, progress=False)
     ps = from_run(tmp_path/"run")
     folder = ps.save_pretrained(tmp_path/"pretrained")
-    assert {p.suffix for p in folder.iterdir()} <= {".json", ".safetensors"}          # nothing that unpickles
+    assert {p.suffix for p in folder.iterdir()} <= {".json", ".safetensors", ".md"}   # nothing that unpickles
     want = {t: v.tolist() for t, v in ps.predict([zoo.make_model(3)]).items()}
     code = ("import json, sys\nfrom sane_nb.pretrained import load_pretrained\nfrom sane_nb.zoo import fixture_zoo\n"
             "p = load_pretrained(sys.argv[1])\nprint(json.dumps({t: v.tolist() for t, v in p.predict([fixture_zoo().make_model(3)]).items()}))\n"
@@ -75,3 +75,30 @@ def test_sane_predict_reads_checkpoint_files_and_zoo_folders(tmp_path):
     (tmp_path/"pre"/"config.json").write_text(json.dumps(cfg))
     bad = subprocess.run([str(bin_), str(tmp_path/"pre"), str(tmp_path/"a.pt")], capture_output=True, text=True, env=env)
     assert "an inconsistent pretrained SANE" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_hub_conventions_offline(tmp_path, monkeypatch):
+    "save_pretrained / from_pretrained of huggingface_hub on a local folder; a Hub repo id goes through snapshot_download"
+    from sane_nb.zoo import fixture_zoo
+    from sane_nb.pipeline import pretrain_run
+    from sane_nb import pretrained
+    zoo = fixture_zoo()
+    pretrain_run(zoo.path, tmp_path/"run", preset="tiny", steps=10, bs=8, windowsize=None, progress=False)
+    ps = pretrained.from_run(tmp_path/"run")
+    folder = ps.save_pretrained(tmp_path/"pre")
+    card = (folder/"README.md").read_text()
+    assert card.startswith("---\nlibrary_name: sane_nb") and "load_pretrained" in card and "| test_acc |" in card
+    want = ps.predict([zoo.make_model(3)])["test_acc"]
+    back = pretrained.PretrainedSANE.from_pretrained(folder)                  # the mixin's door, local folder
+    assert abs(back.predict([zoo.make_model(3)])["test_acc"] - want).max() < 1e-6
+    asked = []
+    def fake_download(repo_id, revision=None, **kw): asked.append((repo_id, revision)); return str(folder)
+    monkeypatch.setattr(pretrained, "snapshot_download", fake_download)       # what the Hub would hand back
+    hub = pretrained.load_pretrained("someone/a-sane", revision="v1")
+    assert asked == [("someone/a-sane", "v1")] and abs(hub.predict([zoo.make_model(3)])["test_acc"] - want).max() < 1e-6
+    def offline(repo_id, **kw): raise OSError("Name or service not known")
+    monkeypatch.setattr(pretrained, "snapshot_download", offline)
+    with pytest.raises(FileNotFoundError, match="someone/other: no such local folder, and the Hugging Face Hub repo could not be downloaded"):
+        pretrained.load_pretrained("someone/other")
+    with pytest.raises(FileNotFoundError, match="not a Hugging Face Hub repo id"):
+        pretrained.load_pretrained(tmp_path/"no"/"such"/"folder")
