@@ -4,7 +4,7 @@
 
 # %% ../nbs/api/12_resnet.ipynb #0d29869b
 from __future__ import annotations
-import ctypes, dataclasses, gc, math, shutil, time
+import ctypes, dataclasses, gc, math, shutil, time, warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -145,7 +145,9 @@ def sample_vs_scratch(
     batch_size:int=32,     # fine-tuning batch size
     **kw,                  # more arguments of `sample_models` (mode, bandwidth, val, k, ...)
 )->dict:                   # {"sane": [[acc after 0..epochs] per model], "scratch": [...]}
-    "Test accuracy of sampled ResNets and of freshly initialised ones, before and after each fine-tuning epoch"
+    "Deprecated (one release): `sane_nb.evaluate.compare_inits`. Test accuracy of sampled and fresh ResNets per fine-tuning epoch"
+    warnings.warn("sample_vs_scratch is deprecated; use sane_nb.evaluate.compare_inits(sane, prompts, stats, zoo.make_model, data, "
+                  "init=RESNET_POINT['init'], lr=..., optimizer=...)", DeprecationWarning, stacklevel=2)
     from sane_nb.evaluate import finetune
     s = sample_models(sane, prompts, n, stats, zoo.make_model, halo=halo, bn_x=data.x_train, bn_iters=bn_iters, seed=seed, **kw)
     cfg = zoo.meta["models"][0] if "models" in zoo.meta else dict(RESNET_POINT, seed=seed)
