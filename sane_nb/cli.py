@@ -43,7 +43,7 @@ def sane_bench(
     stage:Param("stage to measure", str, choices=BENCH_STAGES),
     quick:bool=False, # reduced size: about 3 minutes on 2 CPU cores
     out:str=None, # also write the JSON summary to this file
-    size:str=None, # a named size of the benchmark, where it has several (probe: quick/mid/full; parity: quick/full/hyper)
+    size:str=None, # a named size of the benchmark, where it has several (probe: quick/mid/full; parity: quick/full/hyper; gpu: paper/tiny)
     variants:str=None, # comma-separated SANE variants measured side by side (probe: sane,stats,g0.3,stats_g0.3)
     stats_head:float=None, # weight of the auxiliary row-statistics head (parity)
 ):
@@ -287,7 +287,7 @@ def sane_predict(
     targets = list(pred)
     print("| checkpoint | " + " | ".join(targets) + " |\n|---|" + "---|"*len(targets))
     for i, n in enumerate(names): print(f"| {n} | " + " | ".join(f"{pred[t][i]:.3f}" for t in targets) + " |")
-    print(f"\nPredicted from the weights alone by {Path(pretrained).resolve()} (test R² on its own zoo: "
+    print(f"\nPredicted from the weights alone by {Path(pretrained).resolve() if Path(pretrained).is_dir() else pretrained} (test R² on its own zoo: "
           + ", ".join(f"{t} {v['r2']:.2f}" for t, v in ps.card.get("test", {}).items()) + ")")
     if out: save_json({"checkpoints": names, "predictions": pred, "embeddings": emb, "rep": ps.rep}, out)
 

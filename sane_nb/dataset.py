@@ -97,7 +97,7 @@ def _npy_header(f, shape):
 
 # %% ../nbs/api/05_dataset.ipynb #86e937f0
 def tokenize_zoo(
-    zoo,                        # `len(zoo)`, `zoo[i] -> (sd, props)`; e.g. a `sane_nb.zoo.Zoo`
+    zoo,                        # `len(zoo)`, `zoo[i] -> (sd, props)`; e.g. a `sane_nb.zoo_io.Zoo`
     dest:str|Path,              # folder to write
     tokensize:int=0,            # token length; 0 = the longest row
     ignore_bn:bool=False,       # leave BatchNorm out
@@ -187,8 +187,9 @@ def sequences(self:TokenZoo,
     "All standardised, aligned token sequences of a split (or of given checkpoints, loaded into memory), with positions, mask and properties"
     if isinstance(split, str) and split not in self.splits: raise KeyError(f"no split {split!r}; this zoo has {list(self.splits)}")
     idx = self.splits[split] if isinstance(split, str) else [int(i) for i in split]
-    return {"tokens": self.tokens[torch.as_tensor(idx)], "mask": self.mask.clone(), "pos": self.pos.clone(),
-            "props": _numeric_props(self.props, idx), "index": torch.as_tensor(idx)}
+    idx = torch.as_tensor(idx, dtype=torch.long)
+    return {"tokens": self.tokens[idx], "mask": self.mask.clone(), "pos": self.pos.clone(),
+            "props": _numeric_props(self.props, idx.numpy()), "index": idx}
 
 @patch
 def batches(self:TokenZoo,

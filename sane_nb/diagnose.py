@@ -52,10 +52,11 @@ def linear_floor(
     split:str|list="train", # which split (or checkpoint indices)
 )->dict:                    # {k: relative error of the best rank-k linear code}
     "Relative reconstruction error of the best linear code with k numbers per token (uncentred PCA of the tokens)"
-    t = tz.sequences(split)["tokens"]
-    X = t.reshape(-1, t.shape[-1])
-    C = torch.zeros(X.shape[1], X.shape[1], dtype=torch.float64)
-    for i in range(0, len(X), 65536): C += (lambda x: x.T @ x)(X[i:i + 65536].double())
+    parts = tz.batches(split, bs=4) if isinstance(split, str) else [tz.sequences(split)]   # a split streams: big zoos fit
+    C = torch.zeros(tz.tokens.shape[-1], tz.tokens.shape[-1], dtype=torch.float64)
+    for b in parts:
+        X = b["tokens"].reshape(-1, b["tokens"].shape[-1])
+        for i in range(0, len(X), 65536): C += (lambda x: x.T @ x)(X[i:i + 65536].double())
     ev = torch.linalg.eigvalsh(C).flip(0).clamp_min(0)
     return {int(k): float(1 - ev[:k].sum()/ev.sum()) for k in lat_dims}
 

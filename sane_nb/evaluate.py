@@ -114,9 +114,9 @@ def compare_inits(
     k:int|None=None,       # candidates per population for subsampling (None: no subsampling)
     init:str|None=None,    # initialisation scheme of the scratch baseline (`init_weights`), None = PyTorch default
     sample_kw:dict|None=None, # more arguments of `sample_models` (mode, bandwidth, halo, ...)
-    bn_iters:int=50,       # BatchNorm re-estimation passes, the same for every method (samples, candidates, baselines)
     device=None,           # where to fine-tune (None: the CPU); SANE encodes and decodes on its own device
     progress:bool=False,   # progress over the populations, named 'sample'
+    bn_iters:int=50,       # BatchNorm re-estimation passes, the same for every method (samples, candidates, baselines)
     **ft,                  # arguments of `finetune` (lr, optimizer, bs)
 )->dict:                   # {method: array [populations, n, epochs+1]}, and "dist": [populations, n] sample-prompt distances
     "Fine-tuning curves of sampled models vs random init, prompts and noisy prompts, over several populations"
@@ -124,7 +124,7 @@ def compare_inits(
     res = {m: [] for m in ("sane", "scratch", "prompts", "noise", "noise_layer")} | {"dist": []}
     for p in _progress(range(populations), name="sample: populations sampled and fine-tuned", display=progress):
         s = sample_models(sane, prompts, n, stats, make_model, bn_x=train_data.x_train, val=val if k else None, k=k,
-                          seed=1000*p, bn_iters=bn_iters, **(sample_kw or {}))
+                          seed=1000*p, **{"bn_iters": bn_iters, **(sample_kw or {})})
         noisy = {}
         for m, st in (("noise", None), ("noise_layer", stats)):
             cands = noise_candidates(prompts, s.candidate_dist, s.candidate_prompt, seed=1000*p, stats=st)

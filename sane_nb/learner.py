@@ -127,8 +127,8 @@ class Learner:
         self.train_dl = resumable_loader(train_dl, seed, self.rank, self.world)
         self.dtype = amp_dtype(self.device, amp)
         if self.device.type == "cpu" and self.dtype == torch.bfloat16 and self.cfg.d_model < 64:
-            warnings.warn(f"bf16 on the CPU is slower than float32 for a model this narrow (d_model {self.cfg.d_model}; "
-                          f"0.80x at d_model 32 in sane_bench train, 1.7x faster from 128 up): use amp='fp32'", stacklevel=2)
+            warnings.warn(f"bf16 on the CPU is slower than float32 for a model this narrow (d_model {self.cfg.d_model} < 64; "
+                          f"`sane_bench train` measures both on this CPU): use amp='fp32'", stacklevel=2)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
         self.metrics = MetricsCB()
         self.cbs = sorted([self.metrics, *cbs], key=lambda c: c.order)

@@ -22,7 +22,7 @@ from .nets import make_net
 
 # %% auto #0
 __all__ = ['PretrainedSANE', 'check_architecture', 'tokens', 'aligned', 'embed_models', 'predict', 'sample_networks',
-           'load_checkpoints', 'from_run', 'save_pretrained', 'load_pretrained']
+           'load_checkpoints', 'from_run', 'save_pretrained', 'load_pretrained', 'from_pretrained']
 
 # %% ../nbs/api/13_pretrained.ipynb #f0a17c67
 @dataclasses.dataclass
@@ -178,7 +178,7 @@ def from_run(run, targets=("test_acc", "epoch", "ggap"), rep:str="sane_layers")-
 def _card_markdown(p:PretrainedSANE)->str:
     "README.md of a pretrained SANE folder: Hub metadata, how to load it, and its card"
     rows = [f"| {t} | {v.get('r2', float('nan')):.3f} | {v.get('tau', float('nan')):.3f} | "
-            f"{p.card.get('test_sw', {}).get(t, {}).get('r2', float('nan')):.3f} |" for t, v in p.card.get("test", {}).items()]
+            f"{v.get('s(W)_r2', float('nan')):.3f} |" for t, v in p.card.get("test", {}).items()]
     return "\n".join(["---", "library_name: sane_nb", "tags: [weight-space-learning, sane, model-zoo]", "---", "",
         f"# A pretrained SANE for `{(p.arch or {}).get('arch')}` networks", "",
         "Embeds networks of this architecture, predicts their test accuracy, epoch and generalisation gap from their weights, "
@@ -224,25 +224,15 @@ def _read_folder(folder:str|Path, device:str="cpu")->PretrainedSANE:
         raise ValueError(f"{folder}: an inconsistent pretrained SANE (config.json, its safetensors files and this version of "
                          f"sane_nb do not agree: {str(msg).splitlines()[0][:200]})") from None
 
-def _from_pretrained(cls, *, model_id:str, revision=None, cache_dir=None, force_download=False, local_files_only=False,
-                     token=None, device:str="cpu", **config):
-    "huggingface_hub's loading hook: a local folder as it is, a Hub repo downloaded (snapshot) first"
-    folder = Path(model_id)
-    if not folder.is_dir():
-        folder = Path(snapshot_download(repo_id=model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
-                                        local_files_only=local_files_only, token=token))
-    return _read_folder(folder, device)
-
 def save_pretrained(self:PretrainedSANE,
-    save_directory:str|Path, # the folder (created)
+    folder:str|Path,         # the folder (created)
     **kwargs,                # of huggingface_hub's `save_pretrained`: push_to_hub=True, repo_id=..., token=..., private=...
 )->Path:                     # the folder
     "Write everything needed to use this SANE again into one folder (JSON, safetensors, README.md); optionally upload it"
-    ModelHubMixin.save_pretrained(self, save_directory, **kwargs)
-    return Path(save_directory)
+    ModelHubMixin.save_pretrained(self, folder, **kwargs)   # calls `_write_folder`, which writes config.json itself
+    return Path(folder)
 
 PretrainedSANE._save_pretrained, PretrainedSANE.save_pretrained = _write_folder, save_pretrained
-PretrainedSANE._from_pretrained = classmethod(_from_pretrained)
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -250,14 +240,20 @@ def load_pretrained(
     name:str|Path,          # a folder written by `save_pretrained`, or a Hugging Face Hub repo id ("owner/name")
     device:str="cpu",       # where the SANE runs
     revision:str|None=None, # a Hub revision (branch, tag or commit)
+    **hub_kw,               # more arguments of `huggingface_hub.snapshot_download` (token, cache_dir, local_files_only, ...)
 )->PretrainedSANE:
     "A PretrainedSANE from a local folder, or from the Hub (downloaded into its cache first); no pickle anywhere"
     folder = Path(name)
     if not folder.is_dir():
         if folder.exists() or not _REPO_ID.fullmatch(str(name)):
             raise FileNotFoundError(f"{name}: not a pretrained SANE folder, and not a Hugging Face Hub repo id ('owner/name')")
-        try: folder = Path(snapshot_download(repo_id=str(name), revision=revision))
+        try: folder = Path(snapshot_download(repo_id=str(name), revision=revision, **hub_kw))
         except Exception as e:   # offline, no such repo, no access: one line that says which
             raise FileNotFoundError(f"{name}: no such local folder, and the Hugging Face Hub repo could not be downloaded "
                                     f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})") from None
-    return PretrainedSANE.from_pretrained(folder, device=device)
+    return _read_folder(folder, device)
+
+def from_pretrained(cls, name:str|Path, *, device:str="cpu", revision:str|None=None, **hub_kw)->PretrainedSANE:
+    "huggingface_hub's loading door, here the same as `load_pretrained` (its checks and messages)"
+    return load_pretrained(name, device, revision, **hub_kw)
+PretrainedSANE.from_pretrained = classmethod(from_pretrained)

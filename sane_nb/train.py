@@ -19,7 +19,13 @@ from .learner import (EpochSampler, resumable_loader, make_optimizer, make_sched
 from .losses import SyntheticTokens, synthetic_loaders, masked_mse, nt_xent, sane_loss        # as before
 
 # %% auto #0
-__all__ = ['load_sane', 'pretrain', 'plot_losses', 'zoo_config', 'pretrain_on_zoo']
+__all__ = ['load_sane', 'pretrain', 'plot_losses', 'zoo_config', 'pretrain_on_zoo', 'Learner', 'Callback', 'CancelFitException',
+           'CancelEpochException', 'CancelBatchException', 'NonFiniteLossError', 'MetricsCB', 'ValidCB', 'ProgressCB',
+           'LogCB', 'CheckpointCB', 'EpochSampler', 'resumable_loader', 'make_optimizer', 'make_scheduler', 'amp_dtype',
+           'latest_checkpoint', 'SyntheticTokens', 'synthetic_loaders', 'masked_mse', 'nt_xent', 'sane_loss']
+
+# %% ../nbs/api/07_train.ipynb #ac494c73
+_all_ = ['Learner', 'Callback', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'NonFiniteLossError', 'MetricsCB', 'ValidCB', 'ProgressCB', 'LogCB', 'CheckpointCB', 'EpochSampler', 'resumable_loader', 'make_optimizer', 'make_scheduler', 'amp_dtype', 'latest_checkpoint', 'SyntheticTokens', 'synthetic_loaders', 'masked_mse', 'nt_xent', 'sane_loss']   # moved names stay in `from ... import *`
 
 # %% ../nbs/api/07_train.ipynb #d55f31b0
 def load_sane(

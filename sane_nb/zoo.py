@@ -20,7 +20,11 @@ from .zoo_io import (checkpoint_problem, state_dict_of, read_results, arch_from_
 
 # %% auto #0
 __all__ = ['DEFAULT_GRID', 'SEED_POINT', 'DEFAULT_ARCH', 'FIXTURE', 'model_configs', 'plan_chunks', 'zoo_images', 'parse_shard',
-           'shard_from_env', 'make_zoo', 'fixture_zoo']
+           'shard_from_env', 'make_zoo', 'fixture_zoo', 'Zoo', 'load_zoo', 'checkpoint_problem', 'state_dict_of',
+           'read_results', 'arch_from_params', 'write_modelzoo', 'ZOO_FORMAT', 'PUBLISHED_KEYS', 'PUBLISHED_TYPES']
+
+# %% ../nbs/api/02_zoo.ipynb #3dc39f88
+_all_ = ['Zoo', 'load_zoo', 'checkpoint_problem', 'state_dict_of', 'read_results', 'arch_from_params', 'write_modelzoo', 'ZOO_FORMAT', 'PUBLISHED_KEYS', 'PUBLISHED_TYPES']   # moved names stay in `from ... import *`
 
 # %% ../nbs/api/02_zoo.ipynb #c9801287
 DEFAULT_GRID = dict(act=["tanh", "relu", "sigmoid", "gelu"],

@@ -88,6 +88,7 @@ def test_hub_conventions_offline(tmp_path, monkeypatch):
     folder = ps.save_pretrained(tmp_path/"pre")
     card = (folder/"README.md").read_text()
     assert card.startswith("---\nlibrary_name: sane_nb") and "load_pretrained" in card and "| test_acc |" in card
+    assert "nan" not in card.split("The full card")[0]                          # the R² columns, s(W)'s too, are filled
     want = ps.predict([zoo.make_model(3)])["test_acc"]
     back = pretrained.PretrainedSANE.from_pretrained(folder)                  # the mixin's door, local folder
     assert abs(back.predict([zoo.make_model(3)])["test_acc"] - want).max() < 1e-6
@@ -102,3 +103,5 @@ def test_hub_conventions_offline(tmp_path, monkeypatch):
         pretrained.load_pretrained("someone/other")
     with pytest.raises(FileNotFoundError, match="not a Hugging Face Hub repo id"):
         pretrained.load_pretrained(tmp_path/"no"/"such"/"folder")
+    with pytest.raises(FileNotFoundError, match="not a Hugging Face Hub repo id"):   # the mixin's door says the same
+        pretrained.PretrainedSANE.from_pretrained(tmp_path/"no"/"such"/"folder")

@@ -21,4 +21,4 @@ class OldNames(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         warnings.warn(f"{module.__name__} is now {new}; the old name goes in the next release", DeprecationWarning, stacklevel=2)
         sys.modules[module.__name__] = importlib.import_module(new)   # the import returns what sys.modules holds
 
-if not any(isinstance(f, OldNames) for f in sys.meta_path): sys.meta_path.append(OldNames())
+if not any(type(f).__name__ == "OldNames" for f in sys.meta_path): sys.meta_path.append(OldNames())   # once, even on reload
