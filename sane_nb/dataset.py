@@ -186,8 +186,7 @@ def sequences(self:TokenZoo,
 )->dict:               # tokens [n,N,T], mask [N,T], pos [N,3], props {name: [n]}, index [n] (checkpoint indices)
     "All standardised, aligned token sequences of a split (or of given checkpoints, loaded into memory), with positions, mask and properties"
     if isinstance(split, str) and split not in self.splits: raise KeyError(f"no split {split!r}; this zoo has {list(self.splits)}")
-    idx = self.splits[split] if isinstance(split, str) else [int(i) for i in split]
-    idx = torch.as_tensor(idx, dtype=torch.long)
+    idx = torch.as_tensor(self.splits[split] if isinstance(split, str) else list(split), dtype=torch.long)
     return {"tokens": self.tokens[idx], "mask": self.mask.clone(), "pos": self.pos.clone(),
             "props": _numeric_props(self.props, idx.numpy()), "index": idx}
 
@@ -199,10 +198,7 @@ def batches(self:TokenZoo,
     "Iterate over a split's full sequences in batches (same dicts as `sequences`), for zoos too big for memory"
     if split not in self.splits: raise KeyError(f"no split {split!r}; this zoo has {list(self.splits)}")
     idx = self.splits[split]
-    for i in range(0, len(idx), bs):
-        j = idx[i:i+bs]
-        yield {"tokens": self.tokens[torch.as_tensor(j)], "mask": self.mask, "pos": self.pos,
-               "props": _numeric_props(self.props, j), "index": torch.as_tensor(j)}
+    for i in range(0, len(idx), bs): yield self.sequences(idx[i:i+bs])
 
 @patch
 def state_dict(self:TokenZoo, i:int)->dict:

@@ -56,7 +56,8 @@ def linear_floor(
     C = torch.zeros(tz.tokens.shape[-1], tz.tokens.shape[-1], dtype=torch.float64)
     for b in parts:
         X = b["tokens"].reshape(-1, b["tokens"].shape[-1])
-        for i in range(0, len(X), 65536): C += (lambda x: x.T @ x)(X[i:i + 65536].double())
+        for i in range(0, len(X), 65536):
+            x = X[i:i + 65536].double(); C += x.T @ x
     ev = torch.linalg.eigvalsh(C).flip(0).clamp_min(0)
     return {int(k): float(1 - ev[:k].sum()/ev.sum()) for k in lat_dims}
 

@@ -25,8 +25,10 @@ __all__ = ['PretrainedSANE', 'check_architecture', 'tokens', 'aligned', 'embed_m
            'load_checkpoints', 'from_run', 'save_pretrained', 'load_pretrained', 'from_pretrained']
 
 # %% ../nbs/api/13_pretrained.ipynb #f0a17c67
+_HUB = dict(library_name="sane_nb", tags=["weight-space-learning", "sane", "model-zoo"])   # the Hub's metadata of the folder
+
 @dataclasses.dataclass
-class PretrainedSANE(ModelHubMixin, library_name="sane_nb", tags=["weight-space-learning", "sane", "model-zoo"]):
+class PretrainedSANE(ModelHubMixin, **_HUB):
     "A trained SANE with what it needs to embed a network: layout, statistics, alignment reference, and fitted probes"
     sane:nn.Module              # the autoencoder (eval mode)
     stats:LayerStats            # per-layer standardisation of its training zoo
@@ -179,7 +181,7 @@ def _card_markdown(p:PretrainedSANE)->str:
     "README.md of a pretrained SANE folder: Hub metadata, how to load it, and its card"
     rows = [f"| {t} | {v.get('r2', float('nan')):.3f} | {v.get('tau', float('nan')):.3f} | "
             f"{v.get('s(W)_r2', float('nan')):.3f} |" for t, v in p.card.get("test", {}).items()]
-    return "\n".join(["---", "library_name: sane_nb", "tags: [weight-space-learning, sane, model-zoo]", "---", "",
+    return "\n".join(["---", f"library_name: {_HUB['library_name']}", f"tags: [{', '.join(_HUB['tags'])}]", "---", "",
         f"# A pretrained SANE for `{(p.arch or {}).get('arch')}` networks", "",
         "Embeds networks of this architecture, predicts their test accuracy, epoch and generalisation gap from their weights, "
         "and samples new ones (`sane_nb`, a re-implementation of SANE, Schürholt et al., ICML 2024).", "",

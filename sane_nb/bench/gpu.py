@@ -16,13 +16,13 @@ from ..tokenize import LayerStats
 from ..probe import encode_tokens
 from ..sample import sample_models, prompt_tokens
 from ..resnet import resnet_config, resnet_data
-from .train import time_training, matmul_peak_gflops
+from .train import time_training, matmul_peak_gflops, H100_BF16_PEAK, _sync
 
 # %% auto #0
 __all__ = ['SPEC_BF16_TFLOPS', 'SIZES', 'spec_peak_tflops', 'train_cases', 'resnet18_case', 'unavailable', 'run', 'markdown']
 
 # %% ../../nbs/bench/08_gpu.ipynb #70b24009
-SPEC_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}   # dense bf16, spec sheets (SXM unless named)
+SPEC_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": H100_BF16_PEAK/1e12, "H200": H100_BF16_PEAK/1e12, "A100": 312.0}   # dense bf16, spec sheets (SXM unless named)
 
 SIZES = {"paper": dict(cnn=SaneConfig.paper_cnn, resnet=lambda: resnet_config("paper"), bs=32, steps=10, blocks=3,
                        warmup=3, bn_iters=10, mm=8192),
@@ -42,8 +42,9 @@ def _fresh(device):
 
 def _peak_mb(device)->float|None: return torch.cuda.max_memory_allocated(device)/2**20 if device.type == "cuda" else None
 
-def _sync(device):
-    if device.type == "cuda": torch.cuda.synchronize(device)
+def _error(e:Exception)->str:
+    "A failed part, in one line of the summary"
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
 
 # %% ../../nbs/bench/08_gpu.ipynb #12c5cfe6
 def train_cases(
@@ -60,7 +61,7 @@ def train_cases(
         try: r = time_training(cfg, bs=s["bs"], steps=max(2, s["steps"]//2) if quick else s["steps"], blocks=s["blocks"],
                                warmup=s["warmup"], device=dev, amp="bf16", **kw)
         except Exception as e:   # a missing compiler or too little memory must not lose the other cases
-            out[name] = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"}
+            out[name] = {"error": _error(e)}
             continue
         out[name] = {"windowsize": cfg.windowsize, "batch": s["bs"], "tokens_per_s": r["tokens_per_s"],
                      "tflops": r["tflops"], "peak_mem_mb": _peak_mb(dev)}
@@ -125,7 +126,7 @@ def run(
             v["of_matmul_peak"] = v["tflops"]/res["matmul_peak_tflops_bf16"]
     save()
     try: res["resnet18"] = resnet18_case(dev, size)
-    except Exception as e: res["resnet18"] = {"error": f"{type(e).__name__}: {str(e).strip()[:200]}"}
+    except Exception as e: res["resnet18"] = {"error": _error(e)}
     res["wall_s"] = round(time.time() - w0, 1)
     save()
     return res

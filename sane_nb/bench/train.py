@@ -63,6 +63,10 @@ def _two_pass_step(learn:Learner, b:dict):
     learn.opt.step(); learn.opt.zero_grad(set_to_none=True); learn.sched.step()
     loss.item()
 
+def _sync(device:torch.device):
+    "Wait for the GPU's queued work before reading a clock (nothing to wait for on a CPU)"
+    if device.type == "cuda": torch.cuda.synchronize(device)
+
 def time_training(
     cfg:SaneConfig, bs:int, steps:int, warmup:int=2,
     blocks:int=3,          # time `blocks` blocks of `steps` steps; report the fastest (and the median) block
@@ -80,13 +84,12 @@ def time_training(
     def step():
         if two_pass: _two_pass_step(learn, b)
         else: learn.batch = b; learn._one_batch()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup): step()
     times, cpu_times = [], []
     for _ in range(blocks):
-        sync(); t0, c0 = time.perf_counter(), time.process_time()
+        _sync(device); t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(steps): step()
-        sync(); times.append((time.perf_counter() - t0) / steps); cpu_times.append((time.process_time() - c0) / steps)
+        _sync(device); times.append((time.perf_counter() - t0) / steps); cpu_times.append((time.process_time() - c0) / steps)
     dt, med = min(times), sorted(times)[len(times)//2]
     tok = 2*bs*cfg.windowsize
     return {"tokens_per_s": tok/dt, "tokens_per_s_median": tok/med, "tokens_per_cpu_s": tok/min(cpu_times),
@@ -115,10 +118,14 @@ def _cpu_case(args)->dict:
     if base is None or peak is None: base, peak = 0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return r | {"peak_mem_mb": peak - base}
 
+def _in_fresh_process(fn:str, arg):
+    "`fn(arg)` of this module in one fresh spawned process (clean memory peak, its own thread setting)"
+    from sane_nb.bench import train as bench_train  # by module, so that the spawned process can import it (also from a notebook)
+    with mp.get_context("spawn").Pool(1) as pool: return pool.map(getattr(bench_train, fn), [arg])[0]
+
 def cpu_case(cfg:SaneConfig, **kw)->dict:
     "`time_training` on the CPU in a fresh spawned process with one thread"
-    from sane_nb.bench import train as bench_train  # by module, so that the spawned process can import it (also from a notebook)
-    with mp.get_context("spawn").Pool(1) as pool: return pool.map(bench_train._cpu_case, [(cfg.to_json(), kw)])[0]
+    return _in_fresh_process("_cpu_case", (cfg.to_json(), kw))
 
 # %% ../../nbs/bench/02_train.ipynb #18f552a4
 def matmul_peak_gflops(
@@ -129,12 +136,11 @@ def matmul_peak_gflops(
 )->float:
     "GFLOP/s of one n x n by n x n matrix product on `device` (the best of `reps`): the practical peak for utilisation"
     device = torch.device(device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    a @ b; sync()
+    a @ b; _sync(device)
     best = float("inf")
     for _ in range(reps):
-        t0 = time.perf_counter(); a @ b; sync(); best = min(best, time.perf_counter() - t0)
+        t0 = time.perf_counter(); a @ b; _sync(device); best = min(best, time.perf_counter() - t0)
     return 2*n**3/best/1e9
 
 def _cpu_peaks(_)->dict:
@@ -144,8 +150,7 @@ def _cpu_peaks(_)->dict:
 
 def cpu_matmul_peaks()->dict:
     "One thread's matmul GFLOP/s on this CPU in float32 and bf16, measured in a fresh process like the cases"
-    from sane_nb.bench import train as bench_train
-    with mp.get_context("spawn").Pool(1) as pool: return pool.map(bench_train._cpu_peaks, [None])[0]
+    return _in_fresh_process("_cpu_peaks", None)
 
 # %% ../../nbs/bench/02_train.ipynb #970505e7
 def run(
