@@ -13,7 +13,7 @@ __all__ = ['BENCH_STAGES', 'bench_module', 'sane_bench', 'with_config', 'sane_zo
            'sane_predict', 'sane_sample', 'sane_demo']
 
 # %% ../nbs/api/10b_cli.ipynb #21778664
-BENCH_STAGES = ("zoo", "tokenize", "train", "probe", "sample", "resnet18", "parity", "scaleout", "gpu")
+BENCH_STAGES = ("zoo", "tokenize", "train", "probe", "sample", "resnet18", "parity", "scaleout", "gpu", "pretrained")
 
 def _leaves(d, at=""):
     "(path, number or string) for every leaf of a nested summary"
@@ -46,11 +46,13 @@ def sane_bench(
     size:str=None, # a named size of the benchmark, where it has several (probe: quick/mid/full; parity: quick/full/hyper; gpu: paper/tiny)
     variants:str=None, # comma-separated SANE variants measured side by side (probe: sane,stats,g0.3,stats_g0.3)
     stats_head:float=None, # weight of the auxiliary row-statistics head (parity)
+    dest:str=None, # copy what the benchmark makes here (pretrained: the SANE folder, only if it passed its diagnostics)
 ):
     "Benchmark one stage of SANE; the last line printed is the summary as JSON"
     try: mod = bench_module(stage)
     except ValueError as e: raise SystemExit(f"sane_bench: {e}") from None
-    kw = {k: v for k, v in dict(size=size, variants=tuple(variants.split(",")) if variants else None, stats_head=stats_head).items()
+    kw = {k: v for k, v in dict(size=size, variants=tuple(variants.split(",")) if variants else None, stats_head=stats_head,
+                                dest=dest).items()
           if v is not None}
     if bad := [k for k in kw if k not in inspect.signature(mod.run).parameters]:
         raise SystemExit(f"sane_bench {stage}: this benchmark has no option {', '.join('--' + k for k in bad)}")

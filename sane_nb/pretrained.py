@@ -4,7 +4,7 @@
 
 # %% ../nbs/api/13_pretrained.ipynb #075368ba
 from __future__ import annotations
-import dataclasses, json, re
+import dataclasses, importlib.resources, json, re
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +16,12 @@ from .core import save_json, load_json, save_tensors, load_tensors, default_devi
 from .tokenize import LayerStats, token_layout, tokenize, standardize, layout_mask_pos, check_finite
 from .align import permutation_spec, weight_matching, apply_permutation
 from .model import SaneConfig
-from .train import load_sane
 from .probe import embed, Standardizer, select_ridge, r2_score, kendall_tau
 from .nets import make_net
 
 # %% auto #0
-__all__ = ['PretrainedSANE', 'check_architecture', 'tokens', 'aligned', 'embed_models', 'predict', 'sample_networks',
-           'load_checkpoints', 'from_run', 'save_pretrained', 'load_pretrained', 'from_pretrained']
+__all__ = ['SHIPPED', 'PretrainedSANE', 'check_architecture', 'tokens', 'aligned', 'embed_models', 'predict', 'sample_networks',
+           'load_checkpoints', 'from_run', 'save_pretrained', 'shipped_folder', 'load_pretrained', 'from_pretrained']
 
 # %% ../nbs/api/13_pretrained.ipynb #f0a17c67
 _HUB = dict(library_name="sane_nb", tags=["weight-space-learning", "sane", "model-zoo"])   # the Hub's metadata of the folder
@@ -105,21 +104,40 @@ def predict(self:PretrainedSANE, models, device:str|None=None, names:list|None=N
 PretrainedSANE.predict = predict
 
 # %% ../nbs/api/13_pretrained.ipynb #ced99fa9
+def _images(data, most:int=2000)->tuple:
+    "(x, y): at most `most` images and labels of an `ImageData` (its training images) or of an iterable of (x, y) batches"
+    if hasattr(data, "x_train"): return data.x_train[:most], data.y_train[:most]
+    xs, ys, got = [], [], 0
+    for x, y in data:
+        xs.append(torch.as_tensor(x)); ys.append(torch.as_tensor(y)); got += len(x)
+        if got >= most: break
+    if not xs: raise ValueError("sample: option 'data' gave no images")
+    return torch.cat(xs)[:most], torch.cat(ys)[:most]
+
 def sample_networks(self:PretrainedSANE,
     models:list,            # prompt networks (nn.Modules or state dicts of the architecture this SANE knows)
     n:int=4,                # networks to return
+    data=None,              # `ImageData` or DataLoader of (x, y): up to 2,000 images for BatchNorm and keeping the best n of k
     x=None,                 # images [m, C, H, W] for BatchNorm re-estimation (required if the architecture has BatchNorm)
     val:tuple|None=None,    # (x, y) validation images and labels: keep the best n of k candidates
     k:int|None=None,        # candidates when subsampling (default 4n)
     seed:int=0,             # seed of the draws
     device:str|None=None,   # where to encode and decode; None: `default_device()`
+    make_model=None,        # builds an empty network; default: a copy of the first prompt if it is an nn.Module, else the
+                            # SANE's architecture with its default activation
     **kw,                   # more arguments of `sane_nb.sample.sample_models` (mode, bandwidth, halo)
 )->list:                    # n networks in eval mode, on the CPU
     "New networks sampled around `models` in SANE's latent space, decoded, BatchNorm re-estimated, optionally subsampled"
+    import copy
     from sane_nb.sample import sample_models
     if not self.arch: raise ValueError("this SANE does not record its architecture: cannot build networks")
     if not (isinstance(n, int) and n >= 1): raise ValueError(f"sample: option 'n' must be an integer >= 1, got {n!r}")
-    make = lambda: make_net(self.arch["arch"], **self.arch.get("kwargs", {}))
+    if data is not None:
+        if x is not None or val is not None: raise ValueError("sample: give either 'data' or 'x' / 'val', not both")
+        x, y = _images(data); val = (x, y)
+    first = models[0] if isinstance(models, (list, tuple)) and len(models) else models
+    make = make_model or ((lambda: copy.deepcopy(first).cpu()) if isinstance(first, nn.Module) else
+                          (lambda: make_net(self.arch["arch"], **self.arch.get("kwargs", {}))))
     s = sample_models(self.sane.to(default_device(device)), self.aligned(models), n, self.stats, make, bn_x=x, val=val, k=k,
                       seed=seed, ignore_bn=self.ignore_bn, **kw)
     nets = []
@@ -164,7 +182,10 @@ def from_run(run, targets=("test_acc", "epoch", "ggap"), rep:str="sane_layers")-
     X = P.embed([zoo[i][0] for i in range(len(zoo))]).double().numpy()
     S = np.asarray(weight_stats(tz.tokens, tz.mask, tz.pos), np.float64)
     tr, va, te = (np.asarray(tz.splits[k]) for k in ("train", "val", "test"))
-    card = {"run": str(run.path), "zoo": run.settings.get("zoo"), "test": {}}
+    ref = tz.meta.get("reference_index")   # the checkpoint every network is aligned to: what it is
+    card = {"run": str(run.path), "zoo": run.settings.get("zoo"), "test": {},
+            "reference": {k: np.asarray(tz.props[k][ref]).item() for k in ("model_id", "epoch", "test_acc", "act", "init")
+                          if ref is not None and k in tz.props}}
     for t in targets:
         y = np.asarray(tz.props[t], np.float64)
         P.probes[t] = p = _fit_ridge(X, y, tr, va)
@@ -185,7 +206,8 @@ def _card_markdown(p:PretrainedSANE)->str:
         f"# A pretrained SANE for `{(p.arch or {}).get('arch')}` networks", "",
         "Embeds networks of this architecture, predicts their test accuracy, epoch and generalisation gap from their weights, "
         "and samples new ones (`sane_nb`, a re-implementation of SANE, Schürholt et al., ICML 2024).", "",
-        "```python", "from sane_nb.pretrained import load_pretrained", 'sane = load_pretrained("<this folder or Hub repo id>")',
+        "```python", "from sane_nb.pretrained import load_pretrained",
+        f'sane = load_pretrained("{p.card["name"] if p.card.get("name") in SHIPPED else "<this folder or Hub repo id>"}")',
         "sane.predict([net])", "```", "",
         *(["Held-out test checkpoints of its zoo (linear probe on its embedding, beside the same probe on s(W)):", "",
            "| target | R² | Kendall τ | R² of s(W) |", "|---|---|---|---|", *rows, ""] if rows else []),
@@ -237,18 +259,30 @@ def save_pretrained(self:PretrainedSANE,
 PretrainedSANE._save_pretrained, PretrainedSANE.save_pretrained = _write_folder, save_pretrained
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+SHIPPED = ("cnn-s-fashion-mnist",)   # pretrained SANEs installed with the package (`sane_bench pretrained` makes them)
+
+def shipped_folder(name:str)->Path:
+    "The folder of a SANE shipped with the package (package data under `sane_nb/pretrained_models/`)"
+    if name not in SHIPPED: raise ValueError(f"{name!r} is not a shipped SANE; shipped: {', '.join(SHIPPED)}")
+    return Path(str(importlib.resources.files("sane_nb")))/"pretrained_models"/name
 
 def load_pretrained(
-    name:str|Path,          # a folder written by `save_pretrained`, or a Hugging Face Hub repo id ("owner/name")
+    name:str|Path,          # a shipped SANE's name (`SHIPPED`), a folder written by `save_pretrained` ("./name" for a folder
+                            # named like a shipped SANE), or a Hugging Face Hub repo id ("owner/name")
     device:str="cpu",       # where the SANE runs
     revision:str|None=None, # a Hub revision (branch, tag or commit)
     **hub_kw,               # more arguments of `huggingface_hub.snapshot_download` (token, cache_dir, local_files_only, ...)
 )->PretrainedSANE:
-    "A PretrainedSANE from a local folder, or from the Hub (downloaded into its cache first); no pickle anywhere"
+    "A PretrainedSANE shipped with the package, from a local folder, or from the Hub (downloaded into its cache first); no pickle anywhere"
     folder = Path(name)
-    if not folder.is_dir():
+    if str(name) in SHIPPED:
+        folder = shipped_folder(str(name))
+        if not (folder/"config.json").exists():
+            raise FileNotFoundError(f"{name}: the shipped SANE is missing from this installation ({folder}); reinstall sane_nb")
+    elif not folder.is_dir():
         if folder.exists() or not _REPO_ID.fullmatch(str(name)):
-            raise FileNotFoundError(f"{name}: not a pretrained SANE folder, and not a Hugging Face Hub repo id ('owner/name')")
+            raise FileNotFoundError(f"{name}: not a pretrained SANE folder, not a shipped SANE ({', '.join(SHIPPED)}), "
+                                    f"and not a Hugging Face Hub repo id ('owner/name')")
         try: folder = Path(snapshot_download(repo_id=str(name), revision=revision, **hub_kw))
         except Exception as e:   # offline, no such repo, no access: one line that says which
             raise FileNotFoundError(f"{name}: no such local folder, and the Hugging Face Hub repo could not be downloaded "
