@@ -211,7 +211,22 @@ def _card_markdown(p:PretrainedSANE)->str:
         "sane.predict([net])", "```", "",
         *(["Held-out test checkpoints of its zoo (linear probe on its embedding, beside the same probe on s(W)):", "",
            "| target | R² | Kendall τ | R² of s(W) |", "|---|---|---|---|", *rows, ""] if rows else []),
+        *_card_sections(p.card),
         "The full card (zoo, run, budget, diagnosis):", "", "```json", json.dumps(p.card, indent=1, default=str), "```", ""])
+
+def _card_sections(card:dict)->list:
+    "README lines for what a card may also hold: how it was made, its diagnosis, its results on a zoo it never saw"
+    out = []
+    if c := card.get("commands"): out += ["How it was made:", "", "```sh", *c.values(), "```", ""]
+    if d := card.get("diagnosis"):
+        out += ["Its diagnostics on held-out validation models (`sane_nb.diagnose`):", "", "| check | value | requirement | passed |",
+                "|---|---|---|---|", *[f"| {k} | {v['value']:.3f} | {v['requirement']} | {v['passed']} |" if isinstance(v["value"], float)
+                                     else f"| {k} | {v['value']} | {v['requirement']} | {v['passed']} |" for k, v in d.items()], ""]
+    if rows := card.get("transfer", {}).get("rows"):
+        out += ["On a zoo it never saw (its probes as shipped; s(W) and an untrained SANE with probes fitted on the same zoo):", "",
+                "| target | representation | R² | Kendall τ |", "|---|---|---|---|",
+                *[f"| {r['target']} | {r['representation']} | {r['r2']:.3f} | {r['tau']:.3f} |" for r in rows], ""]
+    return out
 
 def _write_folder(self:PretrainedSANE, folder:str|Path)->Path:
     "Everything needed to use this SANE again, in one folder of JSON and safetensors"

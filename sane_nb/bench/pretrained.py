@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core import cache_path, save_json, load_json
+from ..core import cache_path, save_json, load_json, spawn_map
 from ..zoo import make_zoo, zoo_images
 from ..zoo_io import load_zoo
 from ..model import SANE
@@ -22,8 +22,8 @@ from ..sample import relative_error, reconstruct
 from ..evaluate import compare_inits, summarize
 
 # %% auto #0
-__all__ = ['NAME', 'ZOO', 'TRANSFER', 'RUN', 'SAMPLE', 'SIZES', 'MAX_MB', 'commands', 'transfer_table', 'transfer_samples', 'run',
-           'markdown']
+__all__ = ['NAME', 'ZOO', 'TRANSFER', 'RUN', 'SAMPLE', 'SIZES', 'MAX_MB', 'commands', 'transfer_table', 'transfer_samples',
+           'seeds_summary', 'run', 'markdown']
 
 # %% ../../nbs/bench/09_pretrained.ipynb #5965a31e
 NAME = "cnn-s-fashion-mnist"   # the name `load_pretrained` knows the shipped SANE by
@@ -109,37 +109,73 @@ def _card(P, size, name, info, diag, rows, samples)->dict:
     return {"name": NAME, "size": name, "commands": commands(size), "zoo": size["zoo"],
             "pretraining": {k: info[k] for k in ("preset", "steps", "bs", "lr", "seed", "pretrain_s", "loss_first", "loss_last")},
             "sane": info["config"], "test": P.card["test"], "reference": P.card.get("reference"), "learned": diag["learned"],
-            "diagnosis": {k: v["value"] for k, v in diag["checks"].items()},
+            "diagnosis": diag["checks"],   # check -> {value, requirement, passed}
             "transfer": {"zoo": size["transfer"], "rows": rows, "samples": samples}}
+
+def _one(args)->dict:
+    "One seed: pretrain (or resume), build the PretrainedSANE with its card, measure transfer; the card, cached as JSON"
+    folder, name, seed = args
+    if (done := folder/"results"/f"s{seed}.json").exists(): return load_json(done)
+    torch.set_num_threads(1)
+    S = SIZES[name]
+    info = pretrain_run(folder/"zoo", folder/f"run_s{seed}", **{**S["run"], "seed": seed}, progress=False)
+    r = load_run(folder/f"run_s{seed}")
+    P, t1 = from_run(r), time.time()
+    rows, samples = transfer_table(P, r, load_zoo(folder/"transfer"), seed=seed), transfer_samples(P, load_zoo(folder/"transfer"), **S["sample"])
+    P.card = _card(P, S, name, info, load_json(folder/f"run_s{seed}"/"diagnosis.json"), rows, samples) | {"transfer_s": time.time() - t1}
+    P.save_pretrained(folder/f"{NAME}_s{seed}")
+    save_json(P.card, done)
+    return P.card
+
+# %% ../../nbs/bench/09_pretrained.ipynb #cbc3037e
+def _ms(xs)->list: return [float(np.mean(xs)), float(np.std(xs))]
+
+def seeds_summary(cards:list)->dict:
+    "Mean ± std over seeds of the diagnostics, held-out and transfer numbers, and the sampled accuracies"
+    out = {"learned": [c["learned"] for c in cards]}
+    for k, v in cards[0]["diagnosis"].items():
+        if isinstance(v["value"], (int, float)): out[f"diagnosis/{k}"] = _ms([c["diagnosis"][k]["value"] for c in cards])
+    for t in cards[0]["test"]:
+        for m in ("r2", "tau", "s(W)_r2", "s(W)_tau"): out[f"test/{t}/{m}"] = _ms([c["test"][t][m] for c in cards])
+    for i, row in enumerate(cards[0]["transfer"]["rows"]):
+        for m in ("r2", "tau"):
+            out[f"transfer/{row['target']}/{row['representation']}/{m}"] = _ms([c["transfer"]["rows"][i][m] for c in cards])
+    for meth, acc in cards[0]["transfer"]["samples"]["acc"].items():
+        for e in (e for e in acc if not e.endswith("_std")):
+            out[f"samples/{meth}/{e}"] = _ms([c["transfer"]["samples"]["acc"][meth][e] for c in cards])
+    out["samples/recon_rel_err"] = _ms([c["transfer"]["samples"]["recon_rel_err"] for c in cards])
+    return out
 
 def run(
     quick:bool=False,       # the quick size (minutes): checks that the pieces fit, ships nothing worth shipping
     out:str|None=None,      # also write the summary JSON here
     size:str|None=None,     # a key of `SIZES`, overriding `quick`
-    dest:str|None=None,     # copy the pretrained folder here if it passed its diagnostics and weighs <= MAX_MB
-    folder:str|None=None,   # cache of zoos, run and folder (default `cache_path()/'bench_pretrained'/size`); reruns resume
+    dest:str|None=None,     # copy the first seed's folder here if it passed its diagnostics and weighs <= MAX_MB
+    folder:str|None=None,   # cache of zoos, runs and results (default `cache_path()/'bench_pretrained'/size`); reruns resume:
+                            # delete its `results/` to measure again after changing the code
+    seeds=(0, 1, 2),        # SANE seeds (and split seed offsets); the first is the one shipped
+    n_workers:int=2,        # seeds trained side by side (one thread each)
 )->dict:
-    "Make the shipped SANE (zoo, pretraining, probes, card) and measure its diagnostics and transfer to an unseen zoo"
+    "Make the shipped SANE (zoo, pretraining, probes, card) and measure its diagnostics and transfer to an unseen zoo, over seeds"
     name = size or ("quick" if quick else "full")
     if name not in SIZES: raise ValueError(f"unknown size {name!r}; choose one of {sorted(SIZES)}")
     S, t0 = SIZES[name], time.time()
     folder = Path(folder or cache_path()/"bench_pretrained"/name)
-    zoo, unseen = make_zoo(folder/"zoo", **S["zoo"]), make_zoo(folder/"transfer", **S["transfer"])
-    info = pretrain_run(zoo.path, folder/"run", **S["run"])
-    r = load_run(folder/"run")
-    P, t1 = from_run(r), time.time()
-    rows, samples = transfer_table(P, r, unseen), transfer_samples(P, unseen, **S["sample"])
-    diag = load_json(folder/"run"/"diagnosis.json")
-    P.card = _card(P, S, name, info, diag, rows, samples)
-    saved = P.save_pretrained(folder/NAME)
+    make_zoo(folder/"zoo", **S["zoo"]); make_zoo(folder/"transfer", **S["transfer"])
+    from sane_nb.bench import pretrained as lib   # the module's `_one`, importable by the workers (also from a notebook)
+    cards = spawn_map(lib._one, [(folder, name, s) for s in seeds], n_workers)
+    saved = folder/f"{NAME}_s{seeds[0]}"
     mb = sum(f.stat().st_size for f in saved.iterdir())/2**20
-    summary = {"card": P.card, "folder": str(saved), "mb": mb, "time_s": {"total": time.time() - t0, "transfer": time.time() - t1}}
+    summary = {"card": cards[0], "seeds": list(seeds), "over_seeds": seeds_summary(cards), "folder": str(saved), "mb": mb,
+               "time_s": time.time() - t0}
     if dest is not None:
-        why = ("it failed its diagnostics" if not diag["learned"] else f"it weighs {mb:.1f} MB > {MAX_MB} MB" if mb > MAX_MB else "")
+        why = ("it failed its diagnostics" if not cards[0]["learned"] else f"it weighs {mb:.1f} MB > {MAX_MB} MB" if mb > MAX_MB else "")
         if why: print(f"sane_bench pretrained: not copied to {dest}: {why}")
-        else:   # complete or not at all: a temporary copy renamed into place
+        else:   # complete or not at all: a temporary copy renamed into place; its card gains the spread over seeds
+            from sane_nb.pretrained import load_pretrained
+            P = load_pretrained(saved); P.card["over_seeds"] = summary["over_seeds"]
             dest, tmp = Path(dest), Path(f"{dest}.partial")
-            shutil.rmtree(tmp, ignore_errors=True); shutil.copytree(saved, tmp)
+            shutil.rmtree(tmp, ignore_errors=True); P.save_pretrained(tmp)
             shutil.rmtree(dest, ignore_errors=True); tmp.rename(dest)
         summary["shipped"] = None if why else str(dest)
     if out is not None: save_json(summary, out)
@@ -150,15 +186,29 @@ def markdown(summary:dict)->str:
     "What `sane_bench pretrained` prints above the JSON"
     c = summary["card"]; tr = c["transfer"]; s = tr["samples"]
     f = lambda v: "—" if v is None or v != v else f"{v:.3f}"
-    diag = [f"| {k} | {f(v) if isinstance(v, float) else v} |" for k, v in c["diagnosis"].items()]
+    diag = [f"| {k} | {f(v['value']) if isinstance(v['value'], float) else v['value']} | {v['requirement']} | "
+            f"{'yes' if v['passed'] else '**no**'} |" for k, v in c["diagnosis"].items()]
     held = [f"| {t} | {f(v['r2'])} | {f(v['s(W)_r2'])} | {f(v['tau'])} | {f(v['s(W)_tau'])} |" for t, v in c["test"].items()]
     rows = [f"| {r['target']} | {r['representation']} | {f(r['r2'])} | {f(r['tau'])} |" for r in tr["rows"]]
     eps = sorted({k for v in s["acc"].values() for k in v if not k.endswith("_std")}, key=int)
     samp = [f"| {m} | " + " | ".join(f"{a[e]:.3f} ± {a[e + '_std']:.3f}" for e in eps) + " |" for m, a in s["acc"].items()]
     return "\n".join([f"**{c['name']}** ({c['size']}): learned: {c['learned']}; {summary['mb']:.2f} MB", "",
-        "| diagnostic (validation models) | value |", "|---|---|", *diag, "",
+        "| diagnostic (validation models) | value | requirement | passed |", "|---|---|---|---|", *diag, "",
         "| target (test models of its zoo) | R² SANE | R² s(W) | τ SANE | τ s(W) |", "|---|---|---|---|---|", *held, "",
         "| target (unseen zoo) | representation | R² | Kendall τ |", "|---|---|---|---|", *rows, "",
         f"Samples around the unseen zoo's best {s['act']} networks (test accuracy {', '.join(f'{a:.3f}' for a in s['prompt_acc'])}); "
         f"prompts reconstructed with relative error {s['recon_rel_err']:.3f}; best {s['n']} of {s['k']}, {s['populations']} populations:", "",
-        "| start from | " + " | ".join(f"epoch {e}" for e in eps) + " |", "|---|" + "---|"*len(eps), *samp])
+        "| start from | " + " | ".join(f"epoch {e}" for e in eps) + " |", "|---|" + "---|"*len(eps), *samp,
+        *(_seeds_markdown(summary) if "over_seeds" in summary else [])])
+
+def _seeds_markdown(summary:dict)->list:
+    "The transfer numbers as mean ± std over the seeds"
+    o, ms = summary["over_seeds"], lambda k: "{:.3f} ± {:.3f}".format(*o[k])
+    rows = [k.split("/") for k in o if k.startswith("transfer/") and k.endswith("/r2")]
+    samp = list(dict.fromkeys(k.split("/")[1] for k in o if k.startswith("samples/") and k.count("/") == 2))
+    eps = sorted({k.split("/")[2] for k in o if k.startswith("samples/") and k.count("/") == 2}, key=int)
+    return ["", f"Over seeds {summary['seeds']} (mean ± std; learned: {o['learned']}):", "",
+            "| target (unseen zoo) | representation | R² | Kendall τ |", "|---|---|---|---|",
+            *[f"| {t} | {r} | {ms(f'transfer/{t}/{r}/r2')} | {ms(f'transfer/{t}/{r}/tau')} |" for _, t, r, _ in rows], "",
+            "| start from | " + " | ".join(f"epoch {e}" for e in eps) + " |", "|---|" + "---|"*len(eps),
+            *[f"| {m} | " + " | ".join(ms(f"samples/{m}/{e}") for e in eps) + " |" for m in samp]]
