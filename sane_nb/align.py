@@ -14,7 +14,8 @@ from scipy.optimize import linear_sum_assignment
 from .tokenize import check_finite
 
 # %% auto #0
-__all__ = ['PermutationSpec', 'permutation_spec', 'apply_permutation', 'random_permutation', 'weight_matching', 'align_epochs']
+__all__ = ['PermutationSpec', 'permutation_spec', 'apply_permutation', 'random_permutation', 'rank_init', 'weight_matching',
+           'align_epochs']
 
 # %% ../nbs/api/04_align.ipynb #2aa96c79
 @dataclass
@@ -171,6 +172,20 @@ def _front(w, axis, n):
     w = w.reshape(*w.shape[:axis], n, m//n, *w.shape[axis+1:])
     return w.movedim(axis, 0).reshape(n, -1)
 
+def rank_init(
+    spec:PermutationSpec, # the architecture's spec
+    reference_sd:dict,    # the model to align to (A)
+    sd:dict,              # the model to align (B)
+)->dict:                  # group name -> LongTensor, in `weight_matching`'s convention
+    "A starting permutation that pairs each group's units of A and B by the rank of their squared weight norm over every axis the group acts on"
+    sizes = spec.sizes(reference_sd)
+    def order(s, p):   # a unit's norm does not depend on how the other groups are ordered
+        return torch.argsort(sum(_front(s[k].float(), a, sizes[p]).pow(2).sum(1) for k, a in spec.perm_to_axes[p]), stable=True)
+    out = {}
+    for p, n in sizes.items():
+        out[p] = torch.empty(n, dtype=torch.long); out[p][order(reference_sd, p)] = order(sd, p)
+    return out
+
 def _permuted_except(spec, perm, sd, k, skip_axis):
     w = sd[k]
     for a, p in enumerate(spec.axes_to_perm[k]):
@@ -184,7 +199,7 @@ def weight_matching(
     sd:dict,              # the model to align (B)
     max_iter:int=100,     # most sweeps over all groups
     seed:int=0,           # seed of the random group order
-    init:dict|None=None,  # starting permutation (default identity)
+    init:dict|None=None,  # starting permutation; default `rank_init` (units paired by the rank of their norms)
 )->dict:                  # group name -> LongTensor; `apply_permutation(spec, perm, sd)` is aligned to A
     "Find the permutation of `sd` that best matches `reference_sd`, one linear assignment per group"
     sizes = spec.sizes(reference_sd)
@@ -194,7 +209,7 @@ def weight_matching(
                              f"but {tuple(reference_sd[k].shape)} in the reference")
     check_finite(reference_sd, list(spec.axes_to_perm), "weight_matching: the reference: ")
     check_finite(sd, list(spec.axes_to_perm), "weight_matching: the model to align: ")
-    perm = {p: (init[p].clone() if init else torch.arange(n)) for p, n in sizes.items()}
+    perm = {p: v.clone() for p, v in (init or rank_init(spec, reference_sd, sd)).items()}
     ref = {(k, a): _front(reference_sd[k].float(), a, sizes[p]) for p, ax in spec.perm_to_axes.items() for k, a in ax}
     g, names = torch.Generator().manual_seed(seed), list(sizes)
     nbrs = {p: {q for k, _ in ax for q in spec.axes_to_perm[k] if q not in (None, p)} for p, ax in spec.perm_to_axes.items()}

@@ -105,3 +105,30 @@ def test_hub_conventions_offline(tmp_path, monkeypatch):
         pretrained.load_pretrained(tmp_path/"no"/"such"/"folder")
     with pytest.raises(FileNotFoundError, match="not a Hugging Face Hub repo id"):   # the mixin's door says the same
         pretrained.PretrainedSANE.from_pretrained(tmp_path/"no"/"such"/"folder")
+
+
+def test_the_shipped_sane_in_five_lines(tmp_path):
+    "The five lines a user types, on the SANE installed with the package, offline; it knows a trained network from an untrained one"
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+    from sane_nb.pretrained import load_pretrained, shipped_folder, SHIPPED
+    from sane_nb.nets import make_net
+    from sane_nb.align import random_permutation
+    assert "cnn-s-fashion-mnist" in SHIPPED
+    assert sum(f.stat().st_size for f in shipped_folder("cnn-s-fashion-mnist").iterdir()) <= 5*2**20
+    sane = load_pretrained("cnn-s-fashion-mnist")
+    assert sane.card["learned"] is True and sane.arch["arch"] == "cnn_small"       # shipped only because it passed
+    ref = sane.card["reference"]                                                 # a trained network of its zoo
+    net_a = make_net("cnn_small", init=ref["init"], seed=7, act=ref["act"])     # untrained: chance accuracy
+    net_b = make_net("cnn_small", act=ref["act"])
+    net_b.load_state_dict(random_permutation(sane.reference, generator=torch.Generator().manual_seed(1)))  # same function, neurons shuffled
+    emb = sane.embed([net_a, net_b])
+    assert emb.shape[0] == 2 and torch.isfinite(emb).all()
+    pred = sane.predict([net_a, net_b])
+    assert set(pred) == {"test_acc", "epoch", "ggap"}
+    assert pred["test_acc"][0] < 0.35 and abs(pred["test_acc"][1] - ref["test_acc"]) < 0.15, (pred, ref)
+    x = torch.randn(256, 1, 28, 28); y = torch.randint(0, 10, (256,))     # any images: here only the mechanics are checked
+    new = sane.sample([net_a, net_b], n=4, data=DataLoader(TensorDataset(x, y), batch_size=64))
+    assert len(new) == 4 and all(str(m) == str(net_a) and torch.isfinite(m(x[:8])).all() for m in new)
+    back = load_pretrained(sane.save_pretrained(tmp_path/"my_sane"))
+    assert torch.allclose(back.embed([net_b]), sane.embed([net_b]), atol=1e-6)
