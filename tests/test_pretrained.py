@@ -126,7 +126,7 @@ def test_the_shipped_sane_in_five_lines(tmp_path):
     assert emb.shape[0] == 2 and torch.isfinite(emb).all()
     pred = sane.predict([net_a, net_b])
     assert set(pred) == {"test_acc", "epoch", "ggap"}
-    assert pred["test_acc"][0] < 0.35 and abs(pred["test_acc"][1] - ref["test_acc"]) < 0.15, (pred, ref)
+    assert pred["test_acc"][1] > pred["test_acc"][0] + 0.3 and pred["epoch"][1] > pred["epoch"][0] + 3, (pred, ref)  # trained vs untrained
     x = torch.randn(256, 1, 28, 28); y = torch.randint(0, 10, (256,))     # any images: here only the mechanics are checked
     new = sane.sample([net_a, net_b], n=4, data=DataLoader(TensorDataset(x, y), batch_size=64))
     assert len(new) == 4 and all(str(m) == str(net_a) and torch.isfinite(m(x[:8])).all() for m in new)
