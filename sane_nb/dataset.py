@@ -4,7 +4,7 @@
 
 # %% ../nbs/api/05_dataset.ipynb #919000b6
 from __future__ import annotations
-import math
+import math, warnings
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +144,7 @@ def _write_meta(dest, zoo, ref, ref_i, layout, spec, props, splits, stats, align
     cols = {k: [x.item() if hasattr(x, "item") else x for x in v] for k, v in props.items()}
     save_json({"format": "sane_nb.tokens/1", "n_checkpoints": len(cols[next(iter(cols))]),
                "keys": list(ref), "n_tokens": layout.n_tokens, "tokensize": layout.tokensize, "ignore_bn": layout.ignore_bn,
-               "arch": getattr(zoo, "arch", None), "reference_index": ref_i, "aligned": align,
+               "arch": getattr(zoo, "arch", None), "reference_index": ref_i, "aligned": align, "align_init": "rank" if align else None,
                "standardized": stats is not None, "splits": {k: v.tolist() for k, v in splits.items()},
                "spec": {k: list(v) for k, v in spec.axes_to_perm.items()}, "props": cols}, dest/"tokens.json")
 
@@ -167,6 +167,9 @@ class TokenZoo:
         self.stats = LayerStats.load(path/"normalization.json") if meta["standardized"] else None
         self.props = {k: np.asarray(v) for k, v in meta["props"].items()}
         self.splits = {k: np.asarray(v, dtype=int) for k, v in meta["splits"].items()}
+        if meta.get("aligned") and meta.get("align_init") != "rank":   # tokenized before weight matching started from rank_init
+            warnings.warn(f"{path}: aligned by an older sane_nb (weight matching from the stored neuron order); networks aligned now "
+                          "start from `rank_init`, so embeddings of new networks may not match these tokens: tokenize the zoo again", stacklevel=2)
     def __len__(self): return self.tokens.shape[0]
     def __repr__(self):
         n, N, T = self.tokens.shape

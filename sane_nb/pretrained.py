@@ -108,8 +108,9 @@ def _images(data, most:int=2000)->tuple:
     "(x, y): at most `most` images and labels of an `ImageData` (its training images) or of an iterable of (x, y) batches"
     if hasattr(data, "x_train"): return data.x_train[:most], data.y_train[:most]
     xs, ys, got = [], [], 0
-    for x, y in data:
-        xs.append(torch.as_tensor(x)); ys.append(torch.as_tensor(y)); got += len(x)
+    for b in data:
+        if not (isinstance(b, (tuple, list)) and len(b) == 2): raise ValueError("sample: option 'data' must give (images, labels) batches")
+        x, y = b; xs.append(torch.as_tensor(x)); ys.append(torch.as_tensor(y)); got += len(x)
         if got >= most: break
     if not xs: raise ValueError("sample: option 'data' gave no images")
     return torch.cat(xs)[:most], torch.cat(ys)[:most]
@@ -117,12 +118,13 @@ def _images(data, most:int=2000)->tuple:
 def sample_networks(self:PretrainedSANE,
     models:list,            # prompt networks (nn.Modules or state dicts of the architecture this SANE knows)
     n:int=4,                # networks to return
-    data=None,              # `ImageData` or DataLoader of (x, y): up to 2,000 images for BatchNorm and keeping the best n of k
     x=None,                 # images [m, C, H, W] for BatchNorm re-estimation (required if the architecture has BatchNorm)
     val:tuple|None=None,    # (x, y) validation images and labels: keep the best n of k candidates
     k:int|None=None,        # candidates when subsampling (default 4n)
     seed:int=0,             # seed of the draws
     device:str|None=None,   # where to encode and decode; None: `default_device()`
+    *,
+    data=None,              # `ImageData` or DataLoader of (x, y): up to 2,000 images for BatchNorm and keeping the best n of k
     make_model=None,        # builds an empty network; default: a copy of the first prompt if it is an nn.Module, else the
                             # SANE's architecture with its default activation
     **kw,                   # more arguments of `sane_nb.sample.sample_models` (mode, bandwidth, halo)
@@ -290,8 +292,8 @@ def load_pretrained(
 )->PretrainedSANE:
     "A PretrainedSANE shipped with the package, from a local folder, or from the Hub (downloaded into its cache first); no pickle anywhere"
     folder = Path(name)
-    if str(name) in SHIPPED:
-        folder = shipped_folder(str(name))
+    if isinstance(name, str) and name in SHIPPED:   # a Path, or "./name", is always a folder
+        folder = shipped_folder(name)
         if not (folder/"config.json").exists():
             raise FileNotFoundError(f"{name}: the shipped SANE is missing from this installation ({folder}); reinstall sane_nb")
     elif not folder.is_dir():

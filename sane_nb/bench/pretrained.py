@@ -85,7 +85,7 @@ def transfer_samples(
     k:int=10,               # candidates per population (best n of k on held-out training images, for every method)
     epochs:int=1,           # fine-tuning epochs
 )->dict:                    # accuracy per method and epoch (mean, std over populations), prompts, reconstruction error
-    "SANE's samples around an unseen zoo's best networks, fine-tuned beside scratch, the prompts and the selected noise baselines"
+    "SANE's samples around an unseen zoo's best networks (best n of k, as both noise baselines), fine-tuned beside scratch and the prompts"
     pr = zoo.props
     order, ids, seen = np.argsort(-np.asarray(pr["test_acc"])), [], set()
     act = str(pr["act"][order[0]])
@@ -169,12 +169,15 @@ def run(
     summary = {"card": cards[0], "seeds": list(seeds), "over_seeds": seeds_summary(cards), "folder": str(saved), "mb": mb,
                "time_s": time.time() - t0}
     if dest is not None:
-        why = ("it failed its diagnostics" if not cards[0]["learned"] else f"it weighs {mb:.1f} MB > {MAX_MB} MB" if mb > MAX_MB else "")
+        dest = Path(dest)
+        why = ("it failed its diagnostics" if not cards[0]["learned"] else f"it weighs {mb:.1f} MB > {MAX_MB} MB" if mb > MAX_MB else
+               "it exists and is not a pretrained SANE folder (no config.json): nothing there is replaced"
+               if dest.exists() and not (dest/"config.json").exists() else "")
         if why: print(f"sane_bench pretrained: not copied to {dest}: {why}")
         else:   # complete or not at all: a temporary copy renamed into place; its card gains the spread over seeds
             from sane_nb.pretrained import load_pretrained
             P = load_pretrained(saved); P.card["over_seeds"] = summary["over_seeds"]
-            dest, tmp = Path(dest), Path(f"{dest}.partial")
+            tmp = dest.with_name(dest.name + ".partial")
             shutil.rmtree(tmp, ignore_errors=True); P.save_pretrained(tmp)
             shutil.rmtree(dest, ignore_errors=True); tmp.rename(dest)
         summary["shipped"] = None if why else str(dest)
