@@ -252,13 +252,17 @@ def sane_probe(
 # %% ../nbs/api/10b_cli.ipynb #a8327614
 @call_parse
 def sane_embed(
-    run:str,                  # run folder of sane_pretrain
+    run:str,                  # run folder of sane_pretrain; or, with checkpoints, a pretrained SANE (shipped name, folder, Hub repo id)
+    checkpoints:Param("with a pretrained SANE: checkpoint files (.safetensors, .pt) or zoo folders to embed", str, nargs="*"),
+    out:str=None,             # with checkpoints: write the embeddings here (.csv, one row per checkpoint; or .json)
     shard:str=None,           # I/N: embed every N-th checkpoint from the I-th (default: from a SLURM array or $RANK/$WORLD_SIZE)
     seed:int=0,               # seed of the untrained SANE (the probes' floor), as sane_probe's
     device:str="auto",        # where to embed: auto, cpu, cuda, cuda:N or mps
     threads:int=None,         # PyTorch CPU threads (default: $SANE_THREADS, else every core this process may use)
 ):
-    "Embed a run's checkpoints, or one shard of them, into RUN/embeddings/ (merged by the last shard; sane_probe reads it)"
+    "Embed a run's checkpoints (or one shard) into RUN/embeddings/; or embed checkpoint files with a pretrained SANE into a table"
+    if checkpoints: return _embed_files(run, checkpoints, out, device, threads)
+    if out: raise SystemExit("sane_embed: option --out goes with checkpoint files (a run's embeddings go to RUN/embeddings/)")
     from sane_nb.pipeline import embed_run
     from sane_nb.zoo import shard_from_env
     merged, where = _run("embed_run", lambda shard, **o: embed_run(shard=shard or shard_from_env(), **o), None,
@@ -269,9 +273,29 @@ def sane_embed(
                   "computed on": where}))
 
 # %% ../nbs/api/10b_cli.ipynb #57690cd5
+def _embed_files(pretrained, checkpoints, out, device, threads):
+    "sane_embed with a pretrained SANE: embeddings of checkpoint files, a short table, and all of them in --out (.csv or .json)"
+    import csv
+    from sane_nb.pretrained import load_pretrained, load_checkpoints
+    from sane_nb.core import save_json, atomic_write
+    if out and Path(out).suffix not in (".csv", ".json"): raise SystemExit(f"sane_embed: --out {out}: write a .csv or a .json file")
+    def embed(device):
+        ps = load_pretrained(pretrained)
+        sds, names = load_checkpoints(checkpoints)
+        return ps, names, ps.embed(sds, device, names)
+    (ps, names, emb), where = _run("embed", embed, None, dict(device=device, threads=threads), {})
+    print(f"| checkpoint | norm | first of {emb.shape[1]} dimensions |\n|---|---|---|")
+    for n, e in zip(names, emb): print(f"| {n} | {e.norm():.3f} | " + ", ".join(f"{v:.3f}" for v in e[:4]) + " ... |")
+    if out and Path(out).suffix == ".json": save_json({"checkpoints": names, "embeddings": emb, "rep": ps.rep}, out)
+    elif out:
+        with atomic_write(out, "w") as f:
+            w = csv.writer(f, lineterminator="\n"); w.writerow(["checkpoint", *[f"e{i}" for i in range(emb.shape[1])]])
+            w.writerows([n, *(f"{v:.6g}" for v in e.tolist())] for n, e in zip(names, emb))
+    print(f"\n{len(names)} embeddings ({ps.rep} pooling) by {pretrained}" + (f", written to {out}" if out else "") + f"; computed on {where}")
+
 @call_parse
 def sane_predict(
-    pretrained:str,           # a pretrained SANE folder (save_pretrained) or a Hugging Face Hub repo id
+    pretrained:str,           # a shipped SANE's name (cnn-s-fashion-mnist), a pretrained SANE folder or a Hugging Face Hub repo id
     checkpoints:Param("checkpoint files (.safetensors, .pt) or zoo folders", str, nargs="+"),
     out:str=None,             # also write the predictions and embeddings here (.json)
     device:str="auto",        # where to embed: auto, cpu, cuda, cuda:N or mps

@@ -133,3 +133,26 @@ def test_the_shipped_sane_in_five_lines(tmp_path):
     assert len(new) == 4 and all(str(m) == str(net_a) and torch.isfinite(m(x[:8])).all() for m in new)
     back = load_pretrained(sane.save_pretrained(tmp_path/"my_sane"))
     assert torch.allclose(back.embed([net_b]), sane.embed([net_b]), atol=1e-6)
+
+
+def test_sane_embed_writes_a_table_of_embeddings_of_checkpoint_files(tmp_path):
+    "sane_embed with the shipped SANE and checkpoint files: a printed table and a CSV with one row per checkpoint"
+    import csv, torch
+    from sane_nb.nets import make_net
+    from sane_nb.core import save_tensors
+    from sane_nb.pretrained import load_pretrained
+    nets = [make_net("cnn_small", init="kaiming_uniform", seed=i) for i in range(2)]
+    save_tensors(nets[0].state_dict(), tmp_path/"a.safetensors")
+    torch.save({"state_dict": nets[1].state_dict()}, tmp_path/"b.pt")
+    bin_, env = Path(sys.executable).parent/"sane_embed", {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([str(bin_), "cnn-s-fashion-mnist", str(tmp_path/"a.safetensors"), str(tmp_path/"b.pt"), "--out", str(tmp_path/"e.csv"),
+                        "--threads", "1"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| a.safetensors |" in r.stdout and "| b.pt |" in r.stdout
+    rows = list(csv.reader((tmp_path/"e.csv").open()))
+    want = load_pretrained("cnn-s-fashion-mnist").embed(nets)
+    assert rows[0][0] == "checkpoint" and [x[0] for x in rows[1:]] == ["a.safetensors", "b.pt"] and len(rows[1]) == 1 + want.shape[1]
+    assert torch.allclose(torch.tensor([[float(v) for v in x[1:]] for x in rows[1:]]), want, atol=1e-4)
+    bad = subprocess.run([str(bin_), "cnn-s-fashion-mnist", str(tmp_path/"a.safetensors"), "--out", str(tmp_path/"e.txt")],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode != 0 and "write a .csv or a .json file" in bad.stderr and "Traceback" not in bad.stderr
