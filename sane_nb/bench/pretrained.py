@@ -16,14 +16,14 @@ from ..zoo_io import load_zoo
 from ..model import SANE
 from ..nets import make_net
 from ..probe import embed, weight_stats, r2_score, kendall_tau
-from ..pipeline import pretrain_run, load_run
+from ..pipeline import pretrain_run, load_run, probe_run
 from ..pretrained import PretrainedSANE, from_run, _fit_ridge, _apply, _pool
 from ..sample import relative_error, reconstruct
 from ..evaluate import compare_inits, summarize
 
 # %% auto #0
-__all__ = ['NAME', 'ZOO', 'TRANSFER', 'RUN', 'SAMPLE', 'SIZES', 'MAX_MB', 'commands', 'transfer_table', 'transfer_samples',
-           'seeds_summary', 'run', 'markdown']
+__all__ = ['NAME', 'ZOO', 'TRANSFER', 'RUN', 'SAMPLE', 'SIZES', 'MAX_MB', 'PROBE_REPS', 'commands', 'transfer_table',
+           'transfer_samples', 'seeds_summary', 'run', 'probe_summary', 'markdown']
 
 # %% ../../nbs/bench/09_pretrained.ipynb #5965a31e
 NAME = "cnn-s-fashion-mnist"   # the name `load_pretrained` knows the shipped SANE by
@@ -164,9 +164,10 @@ def run(
     make_zoo(folder/"zoo", **S["zoo"]); make_zoo(folder/"transfer", **S["transfer"])
     from sane_nb.bench import pretrained as lib   # the module's `_one`, importable by the workers (also from a notebook)
     cards = spawn_map(lib._one, [(folder, name, s) for s in seeds], n_workers)
+    probes = probe_summary(spawn_map(lib._probe, [(folder, s) for s in seeds], n_workers))
     saved = folder/f"{NAME}_s{seeds[0]}"
     mb = sum(f.stat().st_size for f in saved.iterdir())/2**20
-    summary = {"card": cards[0], "seeds": list(seeds), "over_seeds": seeds_summary(cards), "folder": str(saved), "mb": mb,
+    summary = {"card": cards[0], "seeds": list(seeds), "over_seeds": seeds_summary(cards), "probe": probes, "folder": str(saved), "mb": mb,
                "time_s": time.time() - t0}
     if dest is not None:
         dest = Path(dest)
@@ -183,6 +184,28 @@ def run(
         summary["shipped"] = None if why else str(dest)
     if out is not None: save_json(summary, out)
     return summary
+
+# %% ../../nbs/bench/09_pretrained.ipynb #a15b8a85
+PROBE_REPS = ("sane", "sane_std", "sane_layers", "untrained:sane_layers", "s(W)", "W")   # the rows `markdown` shows
+
+def _probe(args)->list:
+    "One seed's probe table on the held-out models of its own zoo (`probe_run`: linear and gradient boosting), cached in the run"
+    folder, seed = args
+    if (done := folder/f"run_s{seed}"/"probe"/"probe.json").exists(): return load_json(done)
+    torch.set_num_threads(1)
+    probe_run(folder/f"run_s{seed}", seed=seed, progress=False)
+    return load_json(done)
+
+def probe_summary(tables:list, target:str="test_acc")->dict:
+    "family/representation -> {r2, tau: [mean, std], r2_seeds: [...]} over the seeds' probe tables, for one target"
+    out = {}
+    for fam in ("linear", "nonlinear"):
+        for rep in dict.fromkeys(r["representation"] for r in tables[0]):
+            got = [[r for r in t if (r["family"], r["representation"], r["target"]) == (fam, rep, target)] for t in tables]
+            if all(got):
+                out[f"{fam}/{rep}"] = {"r2": _ms([g[0]["r2"] for g in got]), "tau": _ms([g[0]["tau"] for g in got]),
+                                       "r2_seeds": [g[0]["r2"] for g in got]}
+    return out
 
 # %% ../../nbs/bench/09_pretrained.ipynb #c9ad3d92
 def markdown(summary:dict)->str:
@@ -202,7 +225,15 @@ def markdown(summary:dict)->str:
         f"Samples around the unseen zoo's best {s['act']} networks (test accuracy {', '.join(f'{a:.3f}' for a in s['prompt_acc'])}); "
         f"prompts reconstructed with relative error {s['recon_rel_err']:.3f}; best {s['n']} of {s['k']}, {s['populations']} populations:", "",
         "| start from | " + " | ".join(f"epoch {e}" for e in eps) + " |", "|---|" + "---|"*len(eps), *samp,
-        *(_seeds_markdown(summary) if "over_seeds" in summary else [])])
+        *(_seeds_markdown(summary) if "over_seeds" in summary else []), *(_probe_markdown(summary) if "probe" in summary else [])])
+
+def _probe_markdown(summary:dict)->list:
+    "Test accuracy on the pretraining zoo's test models, every representation and probe family, mean ± std over seeds"
+    p, ms = summary["probe"], lambda v: "{:.3f} ± {:.3f}".format(*v)
+    rows = [f"| {rep} | " + " | ".join(f"{ms(p[k]['r2'])} | {ms(p[k]['tau'])}" if (k := f"{fam}/{rep}") in p else "— | —"
+                                       for fam in ("linear", "nonlinear")) + " |" for rep in PROBE_REPS]
+    return ["", f"Test accuracy of the pretraining zoo's test models (`probe_run`, seeds {summary['seeds']}):", "",
+            "| representation | linear R² | linear τ | gradient boosting R² | gradient boosting τ |", "|---|---|---|---|---|", *rows]
 
 def _seeds_markdown(summary:dict)->list:
     "The transfer numbers as mean ± std over the seeds"
