@@ -35,7 +35,8 @@ SAMPLE = dict(n=3, n_prompts=3, populations=3, k=10, epochs=1)
 SIZES = {"full": dict(zoo=ZOO, transfer=TRANSFER, run=RUN, sample=SAMPLE),
          "quick": dict(zoo={**ZOO, "n_models": 24, "epochs": 3, "train_images": 2000},   # minutes: checks the pieces fit
                        transfer={**TRANSFER, "n_models": 12, "epochs": 2, "train_images": 2000},
-                       run={**RUN, "steps": 60}, sample={**SAMPLE, "n": 2, "n_prompts": 2, "populations": 1, "k": 4})}
+                       run={**RUN, "steps": 60}, sample={**SAMPLE, "n": 2, "n_prompts": 2, "populations": 1, "k": 4}),
+         "long": dict(zoo=ZOO, transfer=TRANSFER, run={**RUN, "steps": 4500}, sample=SAMPLE)}   # budget ablation: 1.5x the steps
 
 def commands(size:dict)->dict:
     "The console commands that make this size's zoo and SANE (they give exactly what `run` makes; ZOO, RUN are folders)"
@@ -112,16 +113,21 @@ def _card(P, size, name, info, diag, rows, samples)->dict:
             "diagnosis": diag["checks"],   # check -> {value, requirement, passed}
             "transfer": {"zoo": size["transfer"], "rows": rows, "samples": samples}}
 
+def _zoo_dir(base:Path, z:dict)->Path:
+    "Where a zoo of these settings is cached: shared by every size that asks for the same zoo"
+    import hashlib, json
+    return base/"zoos"/f"{z['dataset']}_{z['n_models']}x{z['epochs']}_{hashlib.sha1(json.dumps(z, sort_keys=True).encode()).hexdigest()[:8]}"
+
 def _one(args)->dict:
     "One seed: pretrain (or resume), build the PretrainedSANE with its card, measure transfer; the card, cached as JSON"
-    folder, name, seed = args
+    folder, name, seed, zoo_dir, transfer_dir = args
     if (done := folder/"results"/f"s{seed}.json").exists(): return load_json(done)
     torch.set_num_threads(1)
     S = SIZES[name]
-    info = pretrain_run(folder/"zoo", folder/f"run_s{seed}", **{**S["run"], "seed": seed}, progress=False)
+    info = pretrain_run(zoo_dir, folder/f"run_s{seed}", **{**S["run"], "seed": seed}, progress=False)
     r = load_run(folder/f"run_s{seed}")
     P, t1 = from_run(r), time.time()
-    rows, samples = transfer_table(P, r, load_zoo(folder/"transfer"), seed=seed), transfer_samples(P, load_zoo(folder/"transfer"), **S["sample"])
+    rows, samples = transfer_table(P, r, load_zoo(transfer_dir), seed=seed), transfer_samples(P, load_zoo(transfer_dir), **S["sample"])
     P.card = _card(P, S, name, info, load_json(folder/f"run_s{seed}"/"diagnosis.json"), rows, samples) | {"transfer_s": time.time() - t1}
     P.save_pretrained(folder/f"{NAME}_s{seed}")
     save_json(P.card, done)
@@ -151,7 +157,7 @@ def run(
     out:str|None=None,      # also write the summary JSON here
     size:str|None=None,     # a key of `SIZES`, overriding `quick`
     dest:str|None=None,     # copy the first seed's folder here if it passed its diagnostics and weighs <= MAX_MB
-    folder:str|None=None,   # cache of zoos, runs and results (default `cache_path()/'bench_pretrained'/size`); reruns resume:
+    folder:str|None=None,   # cache (default `cache_path()/'bench_pretrained'`): zoos in zoos/, runs and results in <size>/; reruns resume:
                             # delete its `results/` to measure again after changing the code
     seeds=(0, 1, 2),        # SANE seeds (and split seed offsets); the first is the one shipped
     n_workers:int=2,        # seeds trained side by side (one thread each)
@@ -160,10 +166,11 @@ def run(
     name = size or ("quick" if quick else "full")
     if name not in SIZES: raise ValueError(f"unknown size {name!r}; choose one of {sorted(SIZES)}")
     S, t0 = SIZES[name], time.time()
-    folder = Path(folder or cache_path()/"bench_pretrained"/name)
-    make_zoo(folder/"zoo", **S["zoo"]); make_zoo(folder/"transfer", **S["transfer"])
+    base = Path(folder or cache_path()/"bench_pretrained"); folder = base/name
+    zoo_dir, transfer_dir = _zoo_dir(base, S["zoo"]), _zoo_dir(base, S["transfer"])
+    make_zoo(zoo_dir, **S["zoo"]); make_zoo(transfer_dir, **S["transfer"])
     from sane_nb.bench import pretrained as lib   # the module's `_one`, importable by the workers (also from a notebook)
-    cards = spawn_map(lib._one, [(folder, name, s) for s in seeds], n_workers)
+    cards = spawn_map(lib._one, [(folder, name, s, zoo_dir, transfer_dir) for s in seeds], n_workers)
     probes = probe_summary(spawn_map(lib._probe, [(folder, s) for s in seeds], n_workers))
     saved = folder/f"{NAME}_s{seeds[0]}"
     mb = sum(f.stat().st_size for f in saved.iterdir())/2**20
