@@ -87,11 +87,14 @@ def _pool(e, rep):
     return {"sane": lambda: e.model, "sane_std": lambda: torch.cat([e.model, e.model_std], 1),
             "sane_layers": lambda: torch.cat([e.layers, e.layers_std], -1).flatten(1)}[rep]()
 
+def _pooled(sane, toks, pos, rep)->torch.Tensor:
+    "Embeddings [n, d] of tokenized networks by any SANE (a pretrained one, or its untrained twin), pooled as `rep`"
+    return _pool(embed(sane, toks, pos), rep)
+
 def embed_models(self:PretrainedSANE, models, device:str|None=None, names:list|None=None)->torch.Tensor: # [n, d]
     "One embedding per network (nn.Modules or state dicts of the architecture it knows), pooled as `self.rep`"
     toks, mask, pos = self.tokens(models, names)
-    sane = self.sane.to(default_device(device))
-    return _pool(embed(sane, toks, pos), self.rep).float().cpu()
+    return _pooled(self.sane.to(default_device(device)), toks, pos, self.rep).float().cpu()
 PretrainedSANE.embed = embed_models
 
 def _apply(p, X): return ((X - p["mean"])/p["std"]) @ p["w"] + p["b"]

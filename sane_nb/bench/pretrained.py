@@ -15,9 +15,9 @@ from ..zoo import make_zoo, zoo_images
 from ..zoo_io import load_zoo
 from ..model import SANE
 from ..nets import make_net
-from ..probe import embed, weight_stats, r2_score, kendall_tau
+from ..probe import weight_stats, r2_score, kendall_tau
 from ..pipeline import pretrain_run, load_run, probe_run
-from ..pretrained import PretrainedSANE, from_run, _fit_ridge, _apply, _pool
+from ..pretrained import PretrainedSANE, from_run, _fit_ridge, _apply, _pooled
 from ..sample import relative_error, reconstruct
 from ..evaluate import compare_inits, summarize
 
@@ -53,7 +53,7 @@ def _zoo_tokens(P:PretrainedSANE, zoo)->tuple:
 
 def _features(P:PretrainedSANE, sane, toks, pos)->np.ndarray:
     "Embeddings [n, d] pooled as the pretrained SANE pools them"
-    with torch.no_grad(): return _pool(embed(sane, toks, pos), P.rep).double().numpy()
+    with torch.no_grad(): return _pooled(sane, toks, pos, P.rep).double().numpy()
 
 def transfer_table(
     P:PretrainedSANE,   # the pretrained SANE and its probes
@@ -127,7 +127,8 @@ def _one(args)->dict:
     info = pretrain_run(zoo_dir, folder/f"run_s{seed}", **{**S["run"], "seed": seed}, progress=False)
     r = load_run(folder/f"run_s{seed}")
     P, t1 = from_run(r), time.time()
-    rows, samples = transfer_table(P, r, load_zoo(transfer_dir), seed=seed), transfer_samples(P, load_zoo(transfer_dir), **S["sample"])
+    unseen = load_zoo(transfer_dir)
+    rows, samples = transfer_table(P, r, unseen, seed=seed), transfer_samples(P, unseen, **S["sample"])
     P.card = _card(P, S, name, info, load_json(folder/f"run_s{seed}"/"diagnosis.json"), rows, samples) | {"transfer_s": time.time() - t1}
     P.save_pretrained(folder/f"{NAME}_s{seed}")
     save_json(P.card, done)
