@@ -222,6 +222,7 @@ class TokenDataset(Dataset):
         permute:bool=True,           # view 2 a random permutation (False: a copy of view 1)
         seed:int|None=None,          # fixed randomness per batch of indices (for validation); None: torch's RNG
         offsets:str="batch",         # "batch": one window offset shared by a batch (published); "sample": one per sample
+        denoise:bool=False,          # also return the views before noise and erasing as "y": the target of a denoising SANE
     ):
         if split not in tz.splits: raise KeyError(f"no split {split!r}; this zoo has {list(tz.splits)}")
         n, N, T = tz.tokens.shape
@@ -229,6 +230,7 @@ class TokenDataset(Dataset):
         if offsets not in ("batch", "sample"): raise ValueError(f"offsets must be 'batch' or 'sample', got {offsets!r}")
         self.offsets = offsets
         self.tz, self.split, self.W, self.noise, self.erase, self.seed = tz, split, windowsize, noise, erase, seed
+        self.denoise = denoise
         self.idx = torch.as_tensor(tz.splits[split])
         if not len(self.idx): raise ValueError(f"split {split!r} is empty")
         self.supersample = max(1, N//windowsize) if supersample == "auto" else int(supersample)
@@ -239,7 +241,7 @@ class TokenDataset(Dataset):
     def __repr__(self): return f"TokenDataset({self.split}, {len(self.idx)} checkpoints x {self.supersample}, W={self.W})"
     def __getitem__(self, i:int)->dict:
         b = self.__getitems__([i])
-        return {"x": b["x"][0], "mask": b["mask"][0], "pos": b["pos"][0], "props": {k: v[0] for k, v in b["props"].items()}}
+        return {k: v[0] for k, v in b.items() if k != "props"} | {"props": {k: v[0] for k, v in b["props"].items()}}
 
 # %% ../nbs/api/05_dataset.ipynb #d82f04aa
 def _erase(x, p, g, scale=(0.02, 0.33), ratio=(0.3, 3.3)):
@@ -268,11 +270,12 @@ def __getitems__(self:TokenDataset, indices:list)->dict:
     v1 = self.flat[ck[:, None, None], tok[..., None]*T + torch.arange(T)]
     if self.permuter is None: v2 = v1.clone()
     else: v2 = self.flat[ck[:, None, None], self.permuter.source_index(self.permuter.draw(B, g), tok)]
-    x = torch.stack([v1, v2], 1)
+    x = clean = torch.stack([v1, v2], 1)
     if self.noise: x = x*(1 + self.noise*torch.randn(x.shape, generator=g))
     if self.erase: x = _erase(x, self.erase, g)
     sel = torch.as_tensor(indices) % len(self.idx)
-    return {"x": x, "mask": self.tz.mask[tok], "pos": self.tz.pos[tok], "props": {k: v[sel] for k, v in self.props.items()}}
+    return {"x": x, "mask": self.tz.mask[tok], "pos": self.tz.pos[tok], "props": {k: v[sel] for k, v in self.props.items()},
+            **({"y": clean} if self.denoise else {})}
 
 # %% ../nbs/api/05_dataset.ipynb #3d27a7df
 def collate_windows(b):

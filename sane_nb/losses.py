@@ -91,7 +91,7 @@ def _core(model:nn.Module)->SANE:
 
 def sane_loss(
     model:nn.Module,   # a SANE (or a DDP / compiled wrapper of one)
-    batch:dict,        # the batch contract: x [B,2,W,T], mask [B,W,T], pos [B,W,3]
+    batch:dict,        # the batch contract: x [B,2,W,T], mask [B,W,T], pos [B,W,3]; optional y [B,2,W,T]: denoising targets
     gamma:float=0.05,  # weight of the contrastive loss
     tau:float=0.1,     # NT-Xent temperature
 )->tuple[Tensor, Tensor, Tensor]: # (loss, reconstruction loss, contrastive loss)
@@ -101,7 +101,8 @@ def sane_loss(
     B = x.shape[0]
     xx = x.transpose(0, 1).reshape(2*B, *x.shape[2:])     # view 1 of every sample, then view 2
     z, y, zp = model(xx, pos.repeat(2, 1, 1))
-    rec = masked_mse(y, xx, mask.repeat(2, 1, 1))
+    target = xx if "y" not in batch else batch["y"].transpose(0, 1).reshape(xx.shape)   # denoising: the clean views
+    rec = masked_mse(y, target, mask.repeat(2, 1, 1))
     con = nt_xent(zp[:B], zp[B:], tau)
     loss, core = gamma*con + (1-gamma)*rec, _core(model)
     if core.stats_head is not None:   # the optional auxiliary loss (below); not part of the published SANE

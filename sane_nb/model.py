@@ -16,7 +16,7 @@ from .core import save_json, load_json
 
 # %% auto #0
 __all__ = ['PRESETS', 'SaneConfig', 'fit_config', 'PositionEmbeddings', 'attend', 'SelfAttention', 'Block', 'Transformer',
-           'ProjectionHead', 'SANE', 'param_counts']
+           'ProjectionHead', 'token_moments', 'SANE', 'param_counts']
 
 # %% ../nbs/api/06_model.ipynb #32696fb0
 @dataclass
@@ -34,6 +34,7 @@ class SaneConfig:
     proj_pool:str="flatten"    # "flatten": published head over W*lat (tied to W); "mean": mean over tokens, any length
     final_ln:bool=False        # a LayerNorm after each stack (published: none)
     stats_head:float=0.0       # weight of the auxiliary row-statistics loss (`row_stats`); 0: no head (published)
+    token_stats:bool=False     # also feed each token's mean and root mean square to the tokenizer (`token_moments`; published: no)
 
     def __post_init__(self):
         self.max_positions = [int(p) for p in self.max_positions]
@@ -194,6 +195,11 @@ class ProjectionHead(nn.Module):
                              f"{z.shape[1]}; use SaneConfig(proj_pool='mean') for other lengths")
         return self.net(z.flatten(1))
 
+# %% ../nbs/api/06_model.ipynb #a42f24cf
+def token_moments(x:Tensor)->Tensor: # tokens [..., T] -> [..., 2]: mean and root mean square over the T entries
+    "Each token's mean and root mean square (padding entries are zero and count), the inputs `token_stats` adds"
+    return torch.stack([x.mean(-1), x.pow(2).mean(-1).sqrt()], -1)
+
 # %% ../nbs/api/06_model.ipynb #efbbf973
 class SANE(nn.Module):
     "The SANE sequential autoencoder: tokens + 3-D positions -> per-token latents -> tokens"
@@ -201,7 +207,8 @@ class SANE(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        self.tokenizer, self.detokenizer = nn.Linear(cfg.tokensize, d), nn.Linear(d, cfg.tokensize)
+        self.tokenizer = nn.Linear(cfg.tokensize + 2*cfg.token_stats, d)   # (+ mean and rms of the token, if asked)
+        self.detokenizer = nn.Linear(d, cfg.tokensize)
         self.encoder_comp, self.decoder_comp = nn.Linear(d, cfg.lat_dim), nn.Linear(cfg.lat_dim, d)
         self.pe = PositionEmbeddings(cfg.max_positions, d)
         self.encoder = Transformer(cfg.n_layers, d, cfg.n_heads, cfg.dropout, cfg.final_ln)
@@ -214,6 +221,7 @@ class SANE(nn.Module):
             if n.endswith("c_proj.weight"): nn.init.normal_(p, 0.0, 0.02/math.sqrt(2*cfg.n_layers))
 
     def encode(self, x:Tensor, pos:Tensor)->Tensor: # [B,N,T], [B,N,3] -> z [B,N,lat]
+        if self.cfg.token_stats: x = torch.cat([x, token_moments(x)], -1)
         return self.encoder_comp(self.encoder(self.drop(self.pe(self.tokenizer(x), pos))))
 
     def decode(self, z:Tensor, pos:Tensor)->Tensor: # [B,N,lat], [B,N,3] -> [B,N,T]

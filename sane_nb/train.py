@@ -103,6 +103,7 @@ def pretrain_on_zoo(
     seed:int=0,            # seed of the model and of the windows
     noise:float=0.1,       # multiplicative noise of the views (published 0.1)
     permute:bool=True,     # view 2 a random permutation (published)
+    denoise:bool=False,    # reconstruct the views before noise (a denoising SANE; not published)
     split:str="train",     # the split to train on
     **kwargs,              # passed to `pretrain` (gamma, wd, clip, device, out, ...)
 )->tuple:                  # (SANE in eval mode on the CPU, training losses per step)
@@ -111,7 +112,8 @@ def pretrain_on_zoo(
     cfg = cfg or fit_config(tz, "tiny", windowsize=0 if tz.tokens.shape[1] <= 64 else None)
     torch.manual_seed(seed)
     n = len(tz.splits.get(split, ()))
-    ds = TokenDataset(tz, split, cfg.windowsize, supersample=math.ceil(steps*bs/max(n, 1)), noise=noise, permute=permute)
+    ds = TokenDataset(tz, split, cfg.windowsize, supersample=math.ceil(steps*bs/max(n, 1)), noise=noise, permute=permute,
+                      denoise=denoise)
     ds = torch.utils.data.Subset(ds, range(steps*bs))   # exactly `steps` batches; sample i is checkpoint i mod n, so all are used alike
     dl = DataLoader(ds, bs, shuffle=True, drop_last=True, collate_fn=collate_windows)
     learn = pretrain(cfg, dl, epochs=1, lr=lr, seed=seed, **{"progress": False, "plot": False, **kwargs})

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/bench/06_parity.ipynb #5b5573fc
 from __future__ import annotations
-import json, tempfile, time
+import tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +19,8 @@ from ..probe import representations, predict_properties
 from ..diagnose import diagnose, reconstruction_error
 
 # %% auto #0
-__all__ = ['PUBLISHED', 'ZOO', 'SIZES', 'parity_config', 'padding_gamma', 'parity_seed', 'parity_summary', 'run',
-           'parity_markdown', 'markdown']
+__all__ = ['PUBLISHED', 'ZOO', 'SIZES', 'ABLATION_ROWS', 'parity_config', 'padding_gamma', 'parity_seed', 'parity_summary', 'run',
+           'parity_markdown', 'markdown', 'ablation_markdown']
 
 # %% ../../nbs/bench/06_parity.ipynb #2c68733a
 PUBLISHED = {"sane_mean_r2_test_acc": (0.685, 0.016), "sane_mean_tau_test_acc": 0.757, "sane_mean_r2_epoch": 0.893,
@@ -34,10 +34,10 @@ SIZES = {"full": dict(zoo=ZOO, epochs=40),
 
 def parity_config(
     tz,                     # the tokenized zoo
-    stats_head:float=0.0,   # weight of the auxiliary row-statistics head (0: the published SANE)
+    **ablation,             # `SaneConfig` fields of an ablation (e.g. stats_head=1.0, token_stats=True); none: published
 )->SaneConfig:
     "The published small-CNN SANE (preset `digits`: d_model 128, 4 heads, 2+2 layers, latent 32), whole model as window"
-    return fit_config(tz, "digits", windowsize=0, stats_head=stats_head)
+    return fit_config(tz, "digits", windowsize=0, **ablation)
 
 def padding_gamma(gamma:float, tz)->float:
     "The γ that gives our real-entries MSE the balance that `gamma` gives the published padding-averaged MSE"
@@ -50,23 +50,25 @@ def parity_seed(
     seed:int,             # SANE seed and split seed offset (split seed 42 + seed)
     epochs:int=40,        # pretraining epochs over the training checkpoints
     gamma:float=0.05,     # published γ, converted with `padding_gamma`
-    stats_head:float=0.0, # weight of the auxiliary row-statistics head (0: the published SANE)
+    out=None,             # keep the trained SANE here (checkpoints every 500 steps: a killed run resumes); None: nowhere
+    **ablation,           # `SaneConfig` fields of an ablation (see `parity_config`); none: the published SANE
 )->dict:                  # probe rows, diagnostics, reconstruction errors, losses, times
     "Tokenize, pretrain with the published configuration, diagnose and probe, for one seed"
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
         tz = tokenize_zoo(zoo, tmp, tokensize=0, splits=zoo.split(seed=42 + seed), progress=False)
-        cfg, g = parity_config(tz, stats_head), padding_gamma(gamma, tz)
+        cfg, g = parity_config(tz, **ablation), padding_gamma(gamma, tz)
         dl = token_loaders(tz, cfg.windowsize, 32, splits=("train",), noise=0.1, permute=True)["train"]
-        learn = pretrain(cfg, dl, epochs=epochs, lr=1e-3, wd=3e-9, clip=None, gamma=g, seed=seed, progress=False, plot=False)
+        learn = pretrain(cfg, dl, epochs=epochs, lr=1e-3, wd=3e-9, clip=None, gamma=g, seed=seed, progress=False, plot=False,
+                         out=out, keep=1)
         sane, t1 = learn.model.cpu().eval(), time.time()
         diag = diagnose(sane, tz, "val", seed=seed)
         recon = {s: reconstruction_error(sane, tz, s)["overall"] for s in ("train", "val")}
         table = predict_properties(representations(sane, tz), tz.props, tz.splits, categorical=(), seed=seed)
-    return dict(seed=seed, gamma=gamma, gamma_used=g, stats_head=stats_head, rows=list(table), diagnosis=diag.to_dict(), recon=recon,
+    return dict(seed=seed, gamma=gamma, gamma_used=g, **ablation, rows=list(table), diagnosis=diag.to_dict(), recon=recon,
                 loss=[float(np.mean(learn.metrics.losses[:20])), float(np.mean(learn.metrics.losses[-20:]))],
-                n_steps=len(learn.metrics.losses), time_s=dict(pretrain=t1 - t0, evaluate=time.time() - t1))
+                n_steps=learn.step, time_s=dict(pretrain=t1 - t0, evaluate=time.time() - t1))
 
 # %% ../../nbs/bench/06_parity.ipynb #f3d4f6ce
 def _row(rows, rep, fam, tgt, m):
@@ -95,10 +97,10 @@ def parity_summary(results:list)->dict:
 
 # %% ../../nbs/bench/06_parity.ipynb #c48850fb
 def _one(args):
-    zoo_path, seed, epochs, gamma, stats_head, dest = args
+    zoo_path, seed, epochs, gamma, ablation, dest = args
     from sane_nb.zoo_io import load_zoo
     if dest.exists(): return load_json(dest)
-    res = parity_seed(load_zoo(zoo_path), seed, epochs, gamma, stats_head)
+    res = parity_seed(load_zoo(zoo_path), seed, epochs, gamma, out=dest.with_suffix(""), **ablation)
     save_json(res, dest)
     return res
 
@@ -110,6 +112,7 @@ def run(
     seeds=(0, 1, 2),       # SANE and split seeds
     gamma:float=0.05,      # the published γ (converted with `padding_gamma`)
     stats_head:float=0.0,  # weight of the auxiliary row-statistics head (0: the published SANE; an ablation otherwise)
+    token_stats:bool=False, # feed each token's mean and rms to the tokenizer (False: the published SANE; an ablation)
     n_workers:int=2,       # seeds trained side by side (one thread each)
     size:str|None=None,    # a key of `SIZES`, overriding `quick` ("hyper": the digits hyperparameter zoo)
 )->dict:
@@ -120,12 +123,14 @@ def run(
     folder = Path(folder or cache_path()/"bench_parity")
     zoo_dir = folder/f"{size['zoo']['kind']}_{size['zoo']['n_models']}x{size['zoo']['epochs']}"
     make_zoo(zoo_dir, **size["zoo"], n_workers=2, progress=False)
-    tag = f"{name}_g{gamma}" + (f"_stats{stats_head}" if stats_head else "")
-    jobs = [(zoo_dir, s, size["epochs"], gamma, stats_head, folder/"results"/f"{tag}_s{s}.json") for s in seeds]
+    ablation = {k: v for k, v in dict(stats_head=stats_head, token_stats=token_stats).items() if v}
+    tag = f"{name}_g{gamma}" + (f"_stats{stats_head}" if stats_head else "") + ("_tokstats" if token_stats else "")
+    jobs = [(zoo_dir, s, size["epochs"], gamma, ablation, folder/"results"/f"{tag}_s{s}.json") for s in seeds]
     from sane_nb.bench import parity as lib   # the module's `_one`, importable by the workers (also when run from a notebook)
     results = spawn_map(lib._one, jobs, n_workers)
     summary = dict(summary=parity_summary(results), published=PUBLISHED,
                    meta=dict(size=name, zoo=size["zoo"], epochs=size["epochs"], seeds=list(seeds), gamma=gamma, stats_head=stats_head,
+                             token_stats=token_stats,
                              gamma_used=[r["gamma_used"] for r in results], n_steps=results[0]["n_steps"],
                              time_s=[r["time_s"] for r in results]), total_s=time.time() - t0)
     if out is not None: save_json(summary, out)
@@ -167,3 +172,30 @@ def parity_markdown(
 def markdown(summary:dict)->str:
     "What `sane_bench parity` prints above the JSON"
     return parity_markdown(summary)
+
+# %% ../../nbs/bench/06_parity.ipynb #20d28595
+ABLATION_ROWS = (("linear/sane/r2_test_acc", "mean pooling, linear R² test accuracy"),
+                 ("linear/sane/tau_test_acc", "mean pooling, linear Kendall τ test accuracy"),
+                 ("nonlinear/sane/r2_test_acc", "mean pooling, gradient boosting R² test accuracy"),
+                 ("linear/sane_layers/r2_test_acc", "per-layer pooling, linear R² test accuracy"),
+                 ("nonlinear/sane_layers/r2_test_acc", "per-layer pooling, gradient boosting R² test accuracy"),
+                 ("linear/sane/r2_epoch", "mean pooling, linear R² epoch"),
+                 ("linear/s(W)/r2_test_acc", "s(W), linear R² test accuracy"),
+                 ("nonlinear/s(W)/r2_test_acc", "s(W), gradient boosting R² test accuracy"),
+                 ("recon_train", "reconstruction error, train models"), ("recon_val", "reconstruction error, validation models"),
+                 ("retrieval_top1", "shared-offset top-1 retrieval"),
+                 ("floor_trained_r2", "best linear R² test accuracy, trained SANE"),
+                 ("floor_random_init_r2", "... the same SANE untrained"))
+
+def ablation_markdown(
+    runs:dict,            # column title -> a summary of `run` (or its JSON file, loaded), on the same zoo and seeds
+    rows=ABLATION_ROWS,   # (summary key, row title) pairs
+)->str:                   # a markdown table, mean ± std over seeds
+    "Several configurations of the benchmark side by side, measure by measure"
+    sizes = {r["meta"]["size"] for r in runs.values()}
+    if len(sizes) > 1: raise ValueError(f"ablation_markdown: the runs are on different zoos ({sorted(sizes)}); compare runs of one size")
+    out = ["| measure (mean ± std over seeds) | " + " | ".join(runs) + " |", "|---|" + "---|"*len(runs)]
+    out += [f"| {name} | " + " | ".join("{:.3f} ± {:.3f}".format(*r["summary"][k]) for r in runs.values()) + " |" for k, name in rows]
+    out.append("| every check passed | " + " | ".join(", ".join("yes" if x else "no" for x in r["summary"]["learned"])
+                                                      for r in runs.values()) + " |")
+    return "\n".join(out)

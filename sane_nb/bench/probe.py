@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from ..core import cache_path, save_json, load_json, spawn_map
-from ..model import SaneConfig
 from ..zoo import make_zoo
 from ..zoo_io import load_zoo
 from ..dataset import tokenize_zoo
@@ -35,7 +34,8 @@ VARIANTS = {"sane": {},                               # the published SANE
             "g0.3": {"gamma": 0.3},                   # a stronger contrastive weight
             "g0.5": {"gamma": 0.5},                   # ... and stronger still
             "stats0.1": {"stats_head": 0.1},          # the head at a tenth of the weight
-            "stats_g0.3": {"stats_head": 1.0, "gamma": 0.3}}
+            "stats_g0.3": {"stats_head": 1.0, "gamma": 0.3},
+            "tokstats": {"token_stats": True}}        # each token's mean and rms fed to the tokenizer (`06_model`)
 
 # %% ../../nbs/bench/03_probe.ipynb #fd5ecafc
 def bench_zoo(
@@ -53,17 +53,17 @@ def probe_zoo(
     zoo,                  # a `Zoo`
     seed:int,             # split seed offset (split seed 42+seed) and SANE seed
     epochs:int=40,        # pretraining budget in epochs over the training checkpoints (published: 40)
-    stats_head:float=0.0, # weight of the auxiliary row-statistics head (0: the published SANE)
     gamma:float=0.05,     # contrastive weight as published (converted with `padding_gamma`)
     bs:int=32,            # pretraining batch size (published: 32)
     untrained:bool=True,  # also probe the same SANE before training (the floor)
     categorical=("act", "init", "optimizer"), # categorical targets (where they vary)
+    **ablation,           # `SaneConfig` fields of a variant (stats_head, token_stats; see `parity_config`); none: published
 )->dict:                  # {"table", "table_e1": probe rows, "diagnosis": dict, "loss": [first, last], "n_steps", "time_s"}
     "Tokenize, pretrain at the published budget, diagnose, embed and probe one zoo for one seed"
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
         tz = tokenize_zoo(zoo, tmp, tokensize=0, splits=zoo.split(seed=42 + seed), progress=False)
-        t1, cfg = time.time(), parity_config(tz, stats_head)
+        t1, cfg = time.time(), parity_config(tz, **ablation)
         steps = max(1, epochs*len(tz.splits["train"])//bs)
         model, losses = pretrain_on_zoo(tz, cfg, steps=steps, bs=bs, lr=1e-3, wd=3e-9, clip=None,
                                         gamma=padding_gamma(gamma, tz), seed=seed)
