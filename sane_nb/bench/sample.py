@@ -24,7 +24,7 @@ from ..diagnose import diagnose
 from ..evaluate import compare_inits, summarize, noise_baseline, novelty_audit, holdout, class_subset, transpose_images
 
 # %% auto #0
-__all__ = ['SIZES', 'bench_zoo', 'run']
+__all__ = ['SIZES', 'bench_zoo', 'run', 'compare_markdown', 'markdown']
 
 # %% ../../nbs/bench/04_sample.ipynb #03c2476f
 SIZES = {True: dict(n_models=24, epochs=8, steps=1000, bs=8, n=3, populations=3, ft_epochs=5),
@@ -128,3 +128,30 @@ def run(
     res |= {"quick": quick, "denoise": denoise, "seconds": round(time.time() - t0, 1), "dataset": "digits", "arch": "cnn_digits"}
     if out is not None: save_json(res, out)
     return res
+
+# %% ../../nbs/bench/04_sample.ipynb #bebdc3cc
+_INITS = (("sane", "SANE"), ("noise", "noise (raw)"), ("noise_layer", "noise (per layer)"), ("prompts", "prompts"), ("scratch", "scratch"))
+
+def compare_markdown(
+    runs:dict,            # column title -> what `run` returns (or its JSON file, loaded)
+    epochs=(0, 1, 5),     # fine-tuning epochs shown
+)->str:                   # markdown tables
+    "Test accuracy of every initialisation after `epochs` of fine-tuning (mean ± std over populations), and the diagnoses"
+    cell = lambda a: " / ".join(f"{a[str(e)]:.3f} ± {a[f'{e}_std']:.3f}" for e in epochs)
+    out = ["| zoo | run | " + " | ".join(t for _, t in _INITS) + " |", "|---|---|" + "---|"*len(_INITS)]
+    for zoo in ("seed", "hyper"):
+        out += [f"| {zoo} | {name} | " + " | ".join(cell(r[zoo]["acc"][k]) for k, _ in _INITS) + " |" for name, r in runs.items()]
+    out += ["", "| zoo | run | prompt reconstruction (mean / worst) | " + " | ".join(["retrieval top-1 (chance)", "NT-Xent (chance)",
+            "best-quartile reconstruction", "learned"]) + " |", "|---|---|---|---|---|---|---|"]
+    for zoo in ("seed", "hyper"):
+        for name, r in runs.items():
+            z, d = r[zoo], r[zoo]["diagnosis"]
+            ret = d["retrieval"]
+            out.append(f"| {zoo} | {name} | {z['recon_rel_err']:.3f} / {z['recon_rel_err_max']:.3f} | {ret['top1']:.3f} ({ret['top1_chance']:.3f}) "
+                       f"| {ret['nt_xent']:.2f} ({ret['nt_xent_chance']:.2f}) | {min(d['reconstruction']['by_quartile']):.3f} "
+                       f"| {'yes' if d['learned'] else 'no'} |")
+    return "\n".join(out)
+
+def markdown(res:dict)->str:
+    "What `sane_bench sample` prints above the JSON"
+    return compare_markdown({"denoising" if res.get("denoise") else "published": res})
