@@ -64,17 +64,18 @@ def pretrain_run(
     min_acc:float=0.0,      # train only on checkpoints this accurate (their statistics standardise every split)
     min_epoch:int=0,        # ... and at least this many epochs old
     seed:int=0,             # split seed offset, model seed, window seed
+    token_stats:bool=False, # feed each token's mean and rms to the SANE (`SaneConfig.token_stats`; not published)
     progress:bool=True,
     device:str|None=None,   # where to train and diagnose; None: `default_device()` (not a setting: a resumed run may move)
 )->dict:                    # the run's settings (also in `out/run.json`)
     "Tokenize a zoo into a run folder and pretrain a SANE there (resumable)"
     check_options("pretrain_run", preset=(preset, tuple(PRESETS)), steps=(steps, "int>=1"), bs=(bs, "int>=1"),
                   lr=(lr, "float>0"), tokensize=(tokensize, "int>=0"), windowsize=(windowsize, "int>=0|None"),
-                  min_acc=(min_acc, "[0,1]"), min_epoch=(min_epoch, "int>=0"), seed=(seed, "int>=0"))
+                  min_acc=(min_acc, "[0,1]"), min_epoch=(min_epoch, "int>=0"), seed=(seed, "int>=0"), token_stats=(token_stats, (True, False)))
     out, zoo_path = Path(out), Path(zoo).resolve()
     if not zoo_path.exists(): raise FileNotFoundError(f"pretrain_run: no zoo folder at {zoo_path}")
     settings = dict(zoo=str(zoo_path), preset=preset, steps=steps, bs=bs, lr=lr, tokensize=tokensize,
-                    windowsize=windowsize, min_acc=min_acc, min_epoch=min_epoch, seed=seed)
+                    windowsize=windowsize, min_acc=min_acc, min_epoch=min_epoch, seed=seed, token_stats=token_stats)
     zoo = load_zoo(zoo_path)     # a zoo that cannot be read or split is refused before anything is written
     split = _training_split(zoo, zoo.split(seed=42 + seed), min_acc, min_epoch)
     init_distributed()           # under torchrun: rank 0 prepares the run folder, every rank trains
@@ -86,7 +87,7 @@ def pretrain_run(
     if "config" in (old := load_json(out/"run.json")):   # finished earlier
         return old if rank() == 0 else {**settings, "rank": rank()}
     tz = load_token_zoo(out/"tokens")
-    cfg, dev = fit_config(tz, preset, windowsize), default_device(device)
+    cfg, dev = fit_config(tz, preset, windowsize, token_stats=token_stats), default_device(device)
     t0 = time.time()
     sane, losses = pretrain_on_zoo(tz, cfg, steps=steps, bs=bs, lr=lr, seed=seed, out=out/"sane", progress=progress, plot=False,
                                    device=dev)
@@ -101,10 +102,12 @@ def pretrain_run(
                "loss_first": float(np.mean(losses[:10])), "loss_last": float(np.mean(losses[-10:]))}, out/"run.json")
     return load_json(out/"run.json")
 
+_ADDED_SETTINGS = {"token_stats": False}   # settings newer than some run folders, with the value those folders ran with
+
 def _finished(out, settings, check_only:bool=False)->bool:
     "Whether `out` holds this run finished; refuses a folder holding another run (one that stopped before training is redone)"
     if not (out/"run.json").exists(): return False
-    old = load_json(out/"run.json")
+    old = {**_ADDED_SETTINGS, **load_json(out/"run.json")}
     diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
     if diff and latest_checkpoint(out/"sane") is None:   # a run that stopped before training: nothing to keep
         if not check_only: shutil.rmtree(out/"tokens", ignore_errors=True)
