@@ -64,7 +64,8 @@ def parity_seed(
                          out=out, keep=1)
         sane, t1 = learn.model.cpu().eval(), time.time()
         diag = diagnose(sane, tz, "val", seed=seed)
-        recon = {s: reconstruction_error(sane, tz, s)["overall"] for s in ("train", "val")}
+        recon = {s: diag.reconstruction["overall"] if s == diag.split else reconstruction_error(sane, tz, s)["overall"]
+                 for s in ("train", "val")}   # (the diagnosis measured its split already)
         table = predict_properties(representations(sane, tz), tz.props, tz.splits, categorical=(), seed=seed)
     return dict(seed=seed, gamma=gamma, gamma_used=g, **ablation, rows=list(table), diagnosis=diag.to_dict(), recon=recon,
                 loss=[float(np.mean(learn.metrics.losses[:20])), float(np.mean(learn.metrics.losses[-20:]))],
