@@ -16,7 +16,7 @@ from .core import save_json, load_json, save_tensors, load_tensors, default_devi
 from .tokenize import LayerStats, token_layout, tokenize, standardize, layout_mask_pos, check_finite
 from .align import permutation_spec, weight_matching, apply_permutation
 from .model import SaneConfig
-from .probe import embed, Standardizer, select_ridge, r2_score, kendall_tau
+from .probe import embed, POOLINGS, Standardizer, select_ridge, r2_score, kendall_tau
 from .nets import make_net
 
 # %% auto #0
@@ -83,13 +83,9 @@ def aligned(self:PretrainedSANE,
 PretrainedSANE.aligned = aligned
 
 # %% ../nbs/api/13_pretrained.ipynb #464bc617
-def _pool(e, rep):
-    return {"sane": lambda: e.model, "sane_std": lambda: torch.cat([e.model, e.model_std], 1),
-            "sane_layers": lambda: torch.cat([e.layers, e.layers_std], -1).flatten(1)}[rep]()
-
 def _pooled(sane, toks, pos, rep)->torch.Tensor:
     "Embeddings [n, d] of tokenized networks by any SANE (a pretrained one, or its untrained twin), pooled as `rep`"
-    return _pool(embed(sane, toks, pos), rep)
+    return POOLINGS[rep](embed(sane, toks, pos))
 
 def embed_models(self:PretrainedSANE, models, device:str|None=None, names:list|None=None)->torch.Tensor: # [n, d]
     "One embedding per network (nn.Modules or state dicts of the architecture it knows), pooled as `self.rep`"
@@ -255,7 +251,7 @@ def _read_folder(folder:str|Path, device:str="cpu")->PretrainedSANE:
     if cfg.get("format") != "sane_nb.pretrained/1":
         raise ValueError(f"{folder/'config.json'}: format {cfg.get('format')!r}; this version of sane_nb reads 'sane_nb.pretrained/1'")
     try:
-        if cfg["rep"] not in ("sane", "sane_std", "sane_layers"): raise ValueError(f"unknown pooling rep {cfg['rep']!r}")
+        if cfg["rep"] not in POOLINGS: raise ValueError(f"unknown pooling rep {cfg['rep']!r}")
         sane = SANE(SaneConfig(**cfg["sane"])); sane.load_state_dict(load_tensors(folder/"model.safetensors")); sane.to(device).eval()
         ref = load_tensors(folder/"reference.safetensors")
         raw = load_tensors(folder/"probes.safetensors")

@@ -16,7 +16,7 @@ from threadpoolctl import threadpool_limits
 from .core import save_json, progress as _progress
 
 # %% auto #0
-__all__ = ['RIDGE_LAMBDAS', 'LOGISTIC_CS', 'halo_windows', 'check_positions', 'encode_windows', 'Embeddings', 'embed',
+__all__ = ['RIDGE_LAMBDAS', 'LOGISTIC_CS', 'POOLINGS', 'halo_windows', 'check_positions', 'encode_windows', 'Embeddings', 'embed',
            'encode_tokens', 'weight_stats', 'flat_weights', 'r2_score', 'kendall_tau', 'Standardizer', 'ridge_fit',
            'fit_probe', 'select_ridge', 'ProbeTable', 'predict_properties', 'representations']
 
@@ -340,6 +340,11 @@ def _probe_all(features, props, idx, targets, categorical, families, seed, rows,
                                  n_train=len(tr), n_test=len(te)))
 
 # %% ../nbs/api/08_probe.ipynb #8b3304e9
+POOLINGS = {"sane": lambda e: e.model,                                       # published: mean over tokens
+            "sane_std": lambda e: torch.cat([e.model, e.model_std], 1),     # + the spread of the latents
+            "sane_layers": lambda e: torch.cat([e.layers, e.layers_std], -1).flatten(1)}  # mean and spread per layer
+# name -> `Embeddings` -> [n, d]: the whole-model read-outs of SANE that the probes compare
+
 def representations(
     sane,                   # a trained SANE
     tz,                     # the `TokenZoo` it was trained on (aligned, standardised tokens)
@@ -348,8 +353,6 @@ def representations(
 )->dict:                    # name -> [n_checkpoints, d] features
     "Every representation the probes compare, for each checkpoint of `tz`: SANE embeddings, s(W) and W"
     emb = embed(sane, tz.tokens, tz.pos, halo=halo)
-    sane_reps = {"sane": emb.model,                                          # published: mean over tokens
-            "sane_std": torch.cat([emb.model, emb.model_std], 1),        # + the spread of the latents
-            "sane_layers": torch.cat([emb.layers, emb.layers_std], -1).flatten(1)} # mean and spread per layer
+    sane_reps = {name: pool(emb) for name, pool in POOLINGS.items()}
     if not baselines: return sane_reps
     return sane_reps | {"s(W)": weight_stats(tz.tokens, tz.mask, tz.pos), "W": flat_weights(tz.tokens, tz.mask)}
