@@ -21,9 +21,9 @@ from .distributed import world_size, rank, all_reduce_mean
 from .losses import sane_loss
 
 # %% auto #0
-__all__ = ['EpochSampler', 'resumable_loader', 'make_optimizer', 'make_scheduler', 'amp_dtype', 'CancelFitException',
-           'CancelEpochException', 'CancelBatchException', 'NonFiniteLossError', 'Callback', 'Learner', 'MetricsCB',
-           'ValidCB', 'ProgressCB', 'LogCB', 'CheckpointCB', 'latest_checkpoint']
+__all__ = ['CPU_BF16_MIN_WIDTH', 'EpochSampler', 'resumable_loader', 'make_optimizer', 'make_scheduler', 'amp_dtype',
+           'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'NonFiniteLossError', 'Callback',
+           'Learner', 'MetricsCB', 'ValidCB', 'ProgressCB', 'LogCB', 'CheckpointCB', 'latest_checkpoint']
 
 # %% ../nbs/api/06c_learner.ipynb #55973606
 class EpochSampler(Sampler):
@@ -72,10 +72,17 @@ def make_scheduler(opt:torch.optim.Optimizer, lr:float, total_steps:int)->torch.
         anneal_strategy="cos", cycle_momentum=True, base_momentum=0.85, max_momentum=0.95, div_factor=25, final_div_factor=1e4)
 
 # %% ../nbs/api/06c_learner.ipynb #c2bedc4b
-def amp_dtype(device:torch.device, amp:str="auto")->torch.dtype|None:
-    "Autocast dtype for `device`: `amp` in 'auto', 'bf16', 'fp16', 'fp32'; None means float32 without autocast"
+CPU_BF16_MIN_WIDTH = 64   # narrower models train faster in float32 than in bf16 on a CPU (`sane_bench train`)
+
+def amp_dtype(
+    device:torch.device,      # where the model trains
+    amp:str="auto",           # 'auto', 'bf16', 'fp16' or 'fp32'
+    d_model:int|None=None,    # the model's width: on the CPU, bf16 only from `CPU_BF16_MIN_WIDTH` up
+)->torch.dtype|None:          # the autocast dtype; None means float32 without autocast
+    "Autocast dtype for `device`: bf16 (or fp16) on CUDA by default, float32 elsewhere and where bf16 would be slower"
     if amp not in ("auto", "bf16", "fp16", "fp32"): raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'fp32', got {amp!r}")
     if amp == "fp32" or (amp == "auto" and device.type != "cuda"): return None
+    if amp == "bf16" and device.type == "cpu" and d_model is not None and d_model < CPU_BF16_MIN_WIDTH: return None
     if amp == "auto": return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
@@ -125,10 +132,10 @@ class Learner:
             net = DDP(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.model = net
         self.train_dl = resumable_loader(train_dl, seed, self.rank, self.world)
-        self.dtype = amp_dtype(self.device, amp)
-        if self.device.type == "cpu" and self.dtype == torch.bfloat16 and self.cfg.d_model < 64:
-            warnings.warn(f"bf16 on the CPU is slower than float32 for a model this narrow (d_model {self.cfg.d_model} < 64; "
-                          f"`sane_bench train` measures both on this CPU): use amp='fp32'", stacklevel=2)
+        self.dtype = amp_dtype(self.device, amp, self.cfg.d_model)
+        if amp == "bf16" and self.dtype is None:
+            warnings.warn(f"amp='bf16' trains in float32 here: on the CPU bf16 is slower than float32 for a model this narrow "
+                          f"(d_model {self.cfg.d_model} < {CPU_BF16_MIN_WIDTH}; `sane_bench train` measures both)", stacklevel=2)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
         self.metrics = MetricsCB()
         self.cbs = sorted([self.metrics, *cbs], key=lambda c: c.order)

@@ -36,14 +36,15 @@ SIZES = {"full": dict(zoo=ZOO, transfer=TRANSFER, run=RUN, sample=SAMPLE),
          "quick": dict(zoo={**ZOO, "n_models": 24, "epochs": 3, "train_images": 2000},   # minutes: checks the pieces fit
                        transfer={**TRANSFER, "n_models": 12, "epochs": 2, "train_images": 2000},
                        run={**RUN, "steps": 60}, sample={**SAMPLE, "n": 2, "n_prompts": 2, "populations": 1, "k": 4}),
-         "long": dict(zoo=ZOO, transfer=TRANSFER, run={**RUN, "steps": 4500}, sample=SAMPLE)}   # budget ablation: 1.5x the steps
+         "long": dict(zoo=ZOO, transfer=TRANSFER, run={**RUN, "steps": 4500}, sample=SAMPLE),   # budget ablation: 1.5x the steps
+         "tokstats": dict(zoo=ZOO, transfer=TRANSFER, run={**RUN, "token_stats": True}, sample=SAMPLE)}   # ablation: token statistics as input
 
 def commands(size:dict)->dict:
     "The console commands that make this size's zoo and SANE (they give exactly what `run` makes; ZOO, RUN are folders)"
     z = size["zoo"]; r = size["run"]
     return {"zoo": f"sane_zoo ZOO --dataset {z['dataset']} --n_models {z['n_models']} --epochs {z['epochs']} --kind {z['kind']} "
                    f"--seed {z['seed']} --train_images {z['train_images']}",
-            "pretrain": f"sane_pretrain ZOO RUN --preset {r['preset']} --steps {r['steps']} --bs {r['bs']} --lr {r['lr']} --seed {r['seed']}"}
+            "pretrain": f"sane_pretrain ZOO RUN --preset {r['preset']} --steps {r['steps']} --bs {r['bs']} --lr {r['lr']} --seed {r['seed']}" + (" --token_stats" if r.get("token_stats") else "")}
 
 # %% ../../nbs/bench/09_pretrained.ipynb #bcf98144
 def _zoo_tokens(P:PretrainedSANE, zoo)->tuple:

@@ -72,12 +72,14 @@ def time_training(
     blocks:int=3,          # time `blocks` blocks of `steps` steps; report the fastest (and the median) block
     device:str|torch.device="cpu", amp:str="auto", compile:bool=False,
     two_pass:bool=False,   # the published two-forward-pass step instead of ours
+    force_bf16:bool=False, # bf16 autocast even where the Learner would train in float32 (to measure why it does)
 )->dict:
-    "Time blocks of `steps` training steps after `warmup`: tokens/s (both views), seconds per step, achieved TFLOP/s"
+    "Time blocks of `steps` training steps after `warmup`: tokens/s (both views), seconds per step, achieved TFLOP/s, dtype"
     device = torch.device(device)
     torch.manual_seed(0)
     with device: model = SANE(cfg)  # initialised where it runs: seconds instead of a minute for 0.9B parameters
     learn = Learner(model, DataLoader(range(bs), bs), lr=1e-4, amp=amp, compile=compile, device=device, seed=0)
+    if force_bf16: learn.dtype = torch.bfloat16
     learn.opt = make_optimizer(learn.raw_model, 1e-4, 3e-9, fused=device.type == "cuda")
     learn.sched = make_scheduler(learn.opt, 1e-4, warmup + blocks*steps + 1)
     learn.iter, learn.n_batches, b = 0, 1, random_batch(cfg, bs, device)
@@ -93,7 +95,8 @@ def time_training(
     dt, med = min(times), sorted(times)[len(times)//2]
     tok = 2*bs*cfg.windowsize
     return {"tokens_per_s": tok/dt, "tokens_per_s_median": tok/med, "tokens_per_cpu_s": tok/min(cpu_times),
-            "step_s": dt, "tflops": train_flops_per_step(cfg, bs)/dt/1e12}
+            "step_s": dt, "tflops": train_flops_per_step(cfg, bs)/dt/1e12, "dtype": "bf16" if learn.dtype == torch.bfloat16 else
+            "fp16" if learn.dtype == torch.float16 else "fp32"}
 
 # %% ../../nbs/bench/02_train.ipynb #057ffd6b
 def _status_mb(key:str)->float|None:
@@ -111,8 +114,8 @@ def _cpu_case(args)->dict:
         with open("/proc/self/clear_refs", "w") as f: f.write("5")
     except OSError: pass
     base = _status_mb("VmRSS")
-    with warnings.catch_warnings():   # the tiny bf16 case is slower on purpose: it measures by how much
-        warnings.filterwarnings("ignore", message="bf16 on the CPU is slower")
+    with warnings.catch_warnings():   # the tiny bf16 case asks for bf16 on purpose: it shows what the Learner does instead
+        warnings.filterwarnings("ignore", message="amp='bf16' trains in float32 here")
         r = time_training(SaneConfig.from_json(cfg_json), device="cpu", **kw)
     peak = _status_mb("VmHWM")
     if base is None or peak is None: base, peak = 0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -162,6 +165,7 @@ def run(
     tiny, small, wide = dict(bs=16, steps=n(100, 20), blocks=n(5, 3), warmup=5), dict(bs=32, steps=n(10, 4), blocks=n(5, 3), warmup=2), \
                         dict(bs=32, steps=n(5, 2), blocks=n(3, 2), warmup=1)
     cpu = {"tiny": cpu_case(SaneConfig.tiny(), **tiny), "tiny_bf16": cpu_case(SaneConfig.tiny(), **tiny, amp="bf16"),
+           "tiny_bf16_kernels": cpu_case(SaneConfig.tiny(), **tiny, force_bf16=True),
            "small": cpu_case(small_config(), **small), "small_two_pass": cpu_case(small_config(), **small, two_pass=True),
            "small_bf16": cpu_case(small_config(), **small, amp="bf16"),
            "wide": cpu_case(wide_config(), **wide), "wide_bf16": cpu_case(wide_config(), **wide, amp="bf16")}
@@ -175,8 +179,10 @@ def run(
            "tokens_per_cpu_s": {k: v["tokens_per_cpu_s"] for k, v in cpu.items()},
            "step_s": {k: v["step_s"] for k, v in cpu.items()},
            "gflops": gflops, "matmul_peak_gflops": peaks,
-           "of_matmul_peak": {k: g/peaks["bf16" if k.endswith("_bf16") else "fp32"] for k, g in gflops.items()},
-           "bf16_over_fp32": {k: cpu[k + "_bf16"]["tokens_per_cpu_s"]/cpu[k]["tokens_per_cpu_s"] for k in ("tiny", "small", "wide")},
+           "dtype": {k: v["dtype"] for k, v in cpu.items()},
+           "of_matmul_peak": {k: g/peaks["bf16" if cpu[k]["dtype"] == "bf16" else "fp32"] for k, g in gflops.items()},
+           "bf16_over_fp32": {k: cpu[k + "_bf16"]["tokens_per_cpu_s"]/cpu[k]["tokens_per_cpu_s"] for k in ("tiny", "small", "wide")}
+                             | {"tiny, forced": cpu["tiny_bf16_kernels"]["tokens_per_cpu_s"]/cpu["tiny"]["tokens_per_cpu_s"]},
            "published_small_tokens_per_s_ref": 12000.0}
     res["small_over_published_ref"] = res["tokens_per_s"]["small"] / 12000.0
     res["small_cpu_time_over_published_ref"] = res["tokens_per_cpu_s"]["small"] / 12000.0
@@ -192,10 +198,10 @@ def run(
 def markdown(summary:dict)->str:
     "What `sane_bench train` prints above the JSON: one row per case, then bf16 over float32"
     f = lambda v, d=0: "—" if v is None else f"{v:,.{d}f}"
-    rows = ["| case | tokens/s | tokens per CPU-second | GFLOP/s | of matmul peak | peak memory MB |", "|---|---|---|---|---|---|"]
+    rows = ["| case | runs in | tokens/s | tokens per CPU-second | GFLOP/s | of matmul peak | peak memory MB |", "|---|---|---|---|---|---|---|"]
     for k in summary["tokens_per_s"]:
         if k not in summary.get("gflops", {}): continue
-        rows.append(f"| `{k}` | {f(summary['tokens_per_s'][k])} | {f(summary['tokens_per_cpu_s'][k])} | {f(summary['gflops'][k], 1)} "
+        rows.append(f"| `{k}` | {summary.get('dtype', {}).get(k, '—')} | {f(summary['tokens_per_s'][k])} | {f(summary['tokens_per_cpu_s'][k])} | {f(summary['gflops'][k], 1)} "
                     f"| {summary['of_matmul_peak'][k]:.0%} | {f(summary['peak_mem_mb'][k])} |")
     p = summary["matmul_peak_gflops"]
     rows += ["", f"matmul peak, one thread: {p['fp32']:.1f} GFLOP/s float32, {p['bf16']:.1f} GFLOP/s bf16; bf16 over float32 "
