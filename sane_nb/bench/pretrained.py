@@ -40,7 +40,7 @@ SIZES = {"full": dict(zoo=ZOO, transfer=TRANSFER, run=RUN, sample=SAMPLE),
          "tokstats": dict(zoo=ZOO, transfer=TRANSFER, run={**RUN, "token_stats": True}, sample=SAMPLE)}   # ablation: token statistics as input
 
 def commands(size:dict)->dict:
-    "The console commands that make this size's zoo and SANE (they give exactly what `run` makes; ZOO, RUN are folders)"
+    "The console commands that make this size's zoo and SANE (they give exactly what `sane_nb.bench.pretrained.run` makes; ZOO, RUN are folders)"
     z = size["zoo"]; r = size["run"]
     return {"zoo": f"sane_zoo ZOO --dataset {z['dataset']} --n_models {z['n_models']} --epochs {z['epochs']} --kind {z['kind']} "
                    f"--seed {z['seed']} --train_images {z['train_images']}",
