@@ -201,7 +201,7 @@ def _run_table(info:dict, out:str, where:str)->str:
     diag = Diagnosis.from_dict(load_json(Path(out, "diagnosis.json")))
     return "\n".join([_table({"run": Path(out).resolve(), "zoo": info["zoo"], "SANE": f"preset {info['preset']}: d_model {c['d_model']}, "
                                f"{c['n_layers']}+{c['n_layers']} layers, latent {c['lat_dim']} per token of {c['tokensize']}, window {c['windowsize']}",
-                               "training": f"{info['steps']} steps of {info['bs']}, lr {info['lr']}, {info['pretrain_s']:.0f} s" + (
+                               "training": f"{info['steps']} steps of {info['bs']}, lr {info['lr']}, contrastive weight γ {info.get('gamma', 0.05)}, {info['pretrain_s']:.0f} s" + (
                                    f" ({p} processes: {info['steps']//p} optimiser steps of {p*info['bs']})" if (p := info.get("processes", 1)) > 1 else ""),
                                "loss": f"{info['loss_first']:.3f} -> {info['loss_last']:.3f}", "computed on": where,
                                "learned (every check passed)": info["learned"]}), "", diag._repr_markdown_(), "",
@@ -220,7 +220,7 @@ def sane_pretrain(
     min_acc:float=0.0,        # train on checkpoints at least this accurate
     seed:int=0,               # seed of the split offset, the SANE's initialisation and the windows
     token_stats:bool=False,   # feed each token's mean and rms to the SANE (not published; better embeddings on digits zoos)
-    gamma:float=0.05,         # weight of the contrastive loss (published 0.05; 0.5 learns better on small seed zoos)
+    gamma:float=0.05,         # weight of the contrastive loss (published 0.05; the demo's 60-model seed zoo needs 0.5: see 10_pipeline)
     device:str="auto",        # auto, cpu, cuda, cuda:N or mps (auto: a CUDA GPU, else MPS, else the CPU)
     threads:int=None,         # PyTorch CPU threads (default: $SANE_THREADS, else every core this process may use)
     config:str=None,          # JSON file of these options

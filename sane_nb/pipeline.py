@@ -292,8 +292,12 @@ def demo(
     "Zoo -> pretraining -> property prediction -> sampling on digits, with a report in `out`"
     out, sz, t0 = Path(out), DEMO_SIZES[quick], time.time()
     zoo = make_zoo(out/"zoo", "digits", n_models=sz["n_models"], epochs=sz["epochs"], seed=0, kind="seed", progress=progress)
-    run_info = pretrain_run(out/"zoo", out/"run", preset=sz["preset"], steps=sz["steps"], bs=sz["bs"], gamma=sz["gamma"],
-                            windowsize=None if quick else 0, progress=progress, device=device)
+    try: run_info = pretrain_run(out/"zoo", out/"run", preset=sz["preset"], steps=sz["steps"], bs=sz["bs"], gamma=sz["gamma"],
+                                 windowsize=None if quick else 0, progress=progress, device=device)
+    except ValueError as e:
+        if "holds another run" not in str(e): raise
+        raise ValueError(f"{out/'run'} holds a SANE of other settings (an older sane_nb's demo trained with γ 0.05): delete that "
+                         f"folder to train the demo's SANE there (the zoo in {out/'zoo'} is kept), or give the demo another folder") from None
     run = load_run(out/"run", device)
     table = probe_run(run, out/"probe", families=("linear",) if quick else ("linear", "nonlinear"), device=device, progress=progress)
     sample = sample_run(run, out/"sample", n=sz["n"], epochs=sz["ft_epochs"], populations=sz["populations"], k=sz["k"],

@@ -44,7 +44,7 @@ def commands(size:dict)->dict:
     z = size["zoo"]; r = size["run"]
     return {"zoo": f"sane_zoo ZOO --dataset {z['dataset']} --n_models {z['n_models']} --epochs {z['epochs']} --kind {z['kind']} "
                    f"--seed {z['seed']} --train_images {z['train_images']}",
-            "pretrain": f"sane_pretrain ZOO RUN --preset {r['preset']} --steps {r['steps']} --bs {r['bs']} --lr {r['lr']} --seed {r['seed']}" + (" --token_stats" if r.get("token_stats") else "")}
+            "pretrain": "sane_pretrain ZOO RUN " + " ".join(f"--{k}" if v is True else f"--{k} {v}" for k, v in r.items() if v is not False)}
 
 # %% ../../nbs/bench/09_pretrained.ipynb #bcf98144
 def _zoo_tokens(P:PretrainedSANE, zoo)->tuple:

@@ -18,13 +18,17 @@ from ..learner import Learner, make_optimizer, make_scheduler
 from ..losses import nt_xent
 
 # %% auto #0
-__all__ = ['H100_BF16_PEAK', 'small_config', 'wide_config', 'random_batch', 'train_flops_per_step', 'time_training', 'cpu_case',
-           'matmul_peak_gflops', 'cpu_matmul_peaks', 'run', 'markdown', 'gpu_cases']
+__all__ = ['H100_BF16_PEAK', 'small_config', 'mid_config', 'wide_config', 'random_batch', 'train_flops_per_step', 'time_training',
+           'cpu_case', 'matmul_peak_gflops', 'cpu_matmul_peaks', 'run', 'markdown', 'gpu_cases']
 
 # %% ../../nbs/bench/02_train.ipynb #afd5d915
 def small_config()->SaneConfig:
     "The published reference config for speed comparisons: d_model 128, 2+2 layers, 4 heads, lat 32, window 32, T 289"
     return SaneConfig(tokensize=289, d_model=128, n_heads=4, n_layers=2, lat_dim=32, windowsize=32, max_positions=[100, 10, 40])
+
+def mid_config()->SaneConfig:
+    "`small_config` at d_model 64, 2 heads: `learner.CPU_BF16_MIN_WIDTH`, the narrowest width trained in bf16 on a CPU"
+    return SaneConfig(**{**small_config().__dict__, "d_model": 64, "n_heads": 2})
 
 def wide_config()->SaneConfig:
     "`small_config` at d_model 256, 8 heads: where bf16 on a CPU pays most"
@@ -168,6 +172,7 @@ def run(
            "tiny_bf16_kernels": cpu_case(SaneConfig.tiny(), **tiny, force_bf16=True),
            "small": cpu_case(small_config(), **small), "small_two_pass": cpu_case(small_config(), **small, two_pass=True),
            "small_bf16": cpu_case(small_config(), **small, amp="bf16"),
+           "mid": cpu_case(mid_config(), **small), "mid_bf16": cpu_case(mid_config(), **small, amp="bf16"),
            "wide": cpu_case(wide_config(), **wide), "wide_bf16": cpu_case(wide_config(), **wide, amp="bf16")}
     peaks = cpu_matmul_peaks()
     gflops = {k: v["tflops"]*1e3 for k, v in cpu.items()}
@@ -181,8 +186,8 @@ def run(
            "gflops": gflops, "matmul_peak_gflops": peaks,
            "dtype": {k: v["dtype"] for k, v in cpu.items()},
            "of_matmul_peak": {k: g/peaks["bf16" if cpu[k]["dtype"] == "bf16" else "fp32"] for k, g in gflops.items()},
-           "bf16_over_fp32": {k: cpu[k + "_bf16"]["tokens_per_cpu_s"]/cpu[k]["tokens_per_cpu_s"] for k in ("tiny", "small", "wide")}
-                             | {"tiny, forced": cpu["tiny_bf16_kernels"]["tokens_per_cpu_s"]/cpu["tiny"]["tokens_per_cpu_s"]},
+           "bf16_over_fp32": {k: cpu[k + "_bf16"]["tokens_per_cpu_s"]/cpu[k]["tokens_per_cpu_s"] for k in ("tiny", "mid", "small", "wide")}
+                             | {"tiny_forced": cpu["tiny_bf16_kernels"]["tokens_per_cpu_s"]/cpu["tiny"]["tokens_per_cpu_s"]},
            "published_small_tokens_per_s_ref": 12000.0}
     res["small_over_published_ref"] = res["tokens_per_s"]["small"] / 12000.0
     res["small_cpu_time_over_published_ref"] = res["tokens_per_cpu_s"]["small"] / 12000.0
