@@ -114,7 +114,8 @@ def _finished(out, settings, check_only:bool=False)->bool:
     if diff and latest_checkpoint(out/"sane") is None:   # a run that stopped before training: nothing to keep
         if not check_only: shutil.rmtree(out/"tokens", ignore_errors=True)
         return False
-    if diff: raise ValueError(f"{out} holds another run (differs in {diff}); use another folder")
+    if diff: raise ValueError(f"{out} holds another run (differs in {diff}): delete that folder to train this one there, "
+                              "or use another folder")
     return "config" in old
 
 def _tokens(zoo, dest, tokensize, split, progress):
@@ -292,12 +293,8 @@ def demo(
     "Zoo -> pretraining -> property prediction -> sampling on digits, with a report in `out`"
     out, sz, t0 = Path(out), DEMO_SIZES[quick], time.time()
     zoo = make_zoo(out/"zoo", "digits", n_models=sz["n_models"], epochs=sz["epochs"], seed=0, kind="seed", progress=progress)
-    try: run_info = pretrain_run(out/"zoo", out/"run", preset=sz["preset"], steps=sz["steps"], bs=sz["bs"], gamma=sz["gamma"],
-                                 windowsize=None if quick else 0, progress=progress, device=device)
-    except ValueError as e:
-        if "holds another run" not in str(e): raise
-        raise ValueError(f"{out/'run'} holds a SANE of other settings (an older sane_nb's demo trained with γ 0.05): delete that "
-                         f"folder to train the demo's SANE there (the zoo in {out/'zoo'} is kept), or give the demo another folder") from None
+    run_info = pretrain_run(out/"zoo", out/"run", preset=sz["preset"], steps=sz["steps"], bs=sz["bs"], gamma=sz["gamma"],
+                            windowsize=None if quick else 0, progress=progress, device=device)
     run = load_run(out/"run", device)
     table = probe_run(run, out/"probe", families=("linear",) if quick else ("linear", "nonlinear"), device=device, progress=progress)
     sample = sample_run(run, out/"sample", n=sz["n"], epochs=sz["ft_epochs"], populations=sz["populations"], k=sz["k"],
