@@ -221,6 +221,7 @@ def sane_pretrain(
     seed:int=0,               # seed of the split offset, the SANE's initialisation and the windows
     token_stats:bool=False,   # feed each token's mean and rms to the SANE (not published; better embeddings on digits zoos)
     gamma:float=0.05,         # weight of the contrastive loss (published 0.05; the demo's 60-model seed zoo needs 0.5: see 10_pipeline)
+    lat_dim:int=0,            # latent width per token (0: the preset's)
     device:str="auto",        # auto, cpu, cuda, cuda:N or mps (auto: a CUDA GPU, else MPS, else the CPU)
     threads:int=None,         # PyTorch CPU threads (default: $SANE_THREADS, else every core this process may use)
     config:str=None,          # JSON file of these options
@@ -228,10 +229,10 @@ def sane_pretrain(
     "Tokenize a zoo and pretrain a SANE on it (resumable); prints the run at a glance and its diagnosis"
     from sane_nb.pipeline import pretrain_run
     d = dict(preset="small", steps=1000, bs=16, lr=1e-3, tokensize=0, windowsize=0, min_acc=0.0, seed=0, token_stats=False,
-             gamma=0.05, device="auto", threads=None)
+             gamma=0.05, lat_dim=0, device="auto", threads=None)
     info, where = _run("pretrain_run", pretrain_run, config, dict(zoo=zoo, out=out, preset=preset, steps=steps, bs=bs, lr=lr,
                        tokensize=tokensize, windowsize=windowsize, min_acc=min_acc, seed=seed, token_stats=token_stats,
-                       gamma=gamma, device=device, threads=threads), d)
+                       gamma=gamma, lat_dim=lat_dim, device=device, threads=threads), d)
     if "config" in info: print(_run_table(info, out, where))   # under torchrun: rank 0 reports
 
 # %% ../nbs/api/10b_cli.ipynb #42a3ddb9

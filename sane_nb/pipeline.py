@@ -66,6 +66,7 @@ def pretrain_run(
     seed:int=0,             # split seed offset, model seed, window seed
     token_stats:bool=False, # feed each token's mean and rms to the SANE (`SaneConfig.token_stats`; not published)
     gamma:float=0.05,       # weight γ of the contrastive loss, 1-γ of reconstruction (published 0.05; see below)
+    lat_dim:int=0,          # latent width per token; 0 = the preset's (wider tokens may need more: see below)
     progress:bool=True,
     device:str|None=None,   # where to train and diagnose; None: `default_device()` (not a setting: a resumed run may move)
 )->dict:                    # the run's settings (also in `out/run.json`)
@@ -73,11 +74,12 @@ def pretrain_run(
     check_options("pretrain_run", preset=(preset, tuple(PRESETS)), steps=(steps, "int>=1"), bs=(bs, "int>=1"),
                   lr=(lr, "float>0"), tokensize=(tokensize, "int>=0"), windowsize=(windowsize, "int>=0|None"),
                   min_acc=(min_acc, "[0,1]"), min_epoch=(min_epoch, "int>=0"), seed=(seed, "int>=0"), token_stats=(token_stats, (True, False)),
-                  gamma=(gamma, "[0,1]"))
+                  gamma=(gamma, "[0,1]"), lat_dim=(lat_dim, "int>=0"))
     out, zoo_path = Path(out), Path(zoo).resolve()
     if not zoo_path.exists(): raise FileNotFoundError(f"pretrain_run: no zoo folder at {zoo_path}")
     settings = dict(zoo=str(zoo_path), preset=preset, steps=steps, bs=bs, lr=lr, tokensize=tokensize,
-                    windowsize=windowsize, min_acc=min_acc, min_epoch=min_epoch, seed=seed, token_stats=token_stats, gamma=gamma)
+                    windowsize=windowsize, min_acc=min_acc, min_epoch=min_epoch, seed=seed, token_stats=token_stats, gamma=gamma,
+                    lat_dim=lat_dim)
     zoo = load_zoo(zoo_path)     # a zoo that cannot be read or split is refused before anything is written
     split = _training_split(zoo, zoo.split(seed=42 + seed), min_acc, min_epoch)
     init_distributed()           # under torchrun: rank 0 prepares the run folder, every rank trains
@@ -89,7 +91,8 @@ def pretrain_run(
     if "config" in (old := load_json(out/"run.json")):   # finished earlier
         return old if rank() == 0 else {**settings, "rank": rank()}
     tz = load_token_zoo(out/"tokens")
-    cfg, dev = fit_config(tz, preset, windowsize, token_stats=token_stats), default_device(device)
+    cfg = fit_config(tz, preset, windowsize, token_stats=token_stats, **({"lat_dim": lat_dim} if lat_dim else {}))
+    dev = default_device(device)
     t0 = time.time()
     sane, losses = pretrain_on_zoo(tz, cfg, steps=steps, bs=bs, lr=lr, seed=seed, gamma=gamma, out=out/"sane", progress=progress,
                                    plot=False, device=dev)
@@ -104,7 +107,7 @@ def pretrain_run(
                "loss_first": float(np.mean(losses[:10])), "loss_last": float(np.mean(losses[-10:]))}, out/"run.json")
     return load_json(out/"run.json")
 
-_ADDED_SETTINGS = {"token_stats": False, "gamma": 0.05}   # settings newer than some run folders, with the value those folders ran with
+_ADDED_SETTINGS = {"token_stats": False, "gamma": 0.05, "lat_dim": 0}   # settings newer than some run folders, with the value those folders ran with
 
 def _finished(out, settings, check_only:bool=False)->bool:
     "Whether `out` holds this run finished; refuses a folder holding another run (one that stopped before training is redone)"
