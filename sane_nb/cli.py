@@ -43,18 +43,19 @@ def sane_bench(
     stage:Param("stage to measure", str, choices=BENCH_STAGES),
     quick:bool=False, # reduced size: about 3 minutes on 2 CPU cores
     out:str=None, # also write the JSON summary to this file
-    size:str=None, # a named size of the benchmark, where it has several (probe: quick/mid/full; parity: quick/full/hyper; gpu: paper/tiny; pretrained: quick/full/long/tokstats)
-    variants:str=None, # comma-separated SANE variants measured side by side (probe: sane,stats,g0.3,stats_g0.3,tokstats)
+    size:str=None, # a named size of the benchmark, where it has several (probe: quick/mid/full; parity: quick/full/hyper; gpu: paper/tiny; pretrained: quick/full/long/tokstats/lat64)
+    variants:str=None, # comma-separated SANE variants measured side by side (probe: sane,stats,g0.3,g0.5,stats0.1,stats_g0.3,tokstats)
     stats_head:float=None, # weight of the auxiliary row-statistics head (parity)
     token_stats:bool=False, # feed each token's mean and rms to the SANE's tokenizer, an ablation (parity)
     denoise:bool=False, # train a denoising SANE: it reconstructs the views before noise, an ablation (sample)
+    gamma:float=None, # contrastive weight γ (sample: of the SANE's loss, as sane_pretrain --gamma; parity: the published γ, converted for padding)
     dest:str=None, # copy what the benchmark makes here (pretrained: the SANE folder, only if it passed its diagnostics)
 ):
     "Benchmark one stage of SANE; the last line printed is the summary as JSON"
     try: mod = bench_module(stage)
     except ValueError as e: raise SystemExit(f"sane_bench: {e}") from None
     kw = {k: v for k, v in dict(size=size, variants=tuple(variants.split(",")) if variants else None, stats_head=stats_head,
-                                token_stats=token_stats or None, denoise=denoise or None, dest=dest).items()
+                                token_stats=token_stats or None, denoise=denoise or None, gamma=gamma, dest=dest).items()
           if v is not None}
     if bad := [k for k in kw if k not in inspect.signature(mod.run).parameters]:
         raise SystemExit(f"sane_bench {stage}: this benchmark has no option {', '.join('--' + k for k in bad)}")

@@ -1,5 +1,5 @@
 "The console scripts compose: each one's output folder is the next one's input (fixture sizes)."
-import json, os, subprocess, sys
+import inspect, json, os, subprocess, sys
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -70,6 +70,10 @@ def test_clear_errors(tmp_path):
     assert res.returncode != 0 and "invalid choice" in res.stderr
     res = sh("sane_bench", "zoo", "--variants", "stats", ok=False)
     assert "sane_bench zoo: this benchmark has no option --variants" in res.stderr and "Traceback" not in res.stderr
+    res = sh("sane_bench", "probe", "--gamma", "0.5", ok=False)   # γ is an option of sample and parity; probe has variants
+    assert "sane_bench probe: this benchmark has no option --gamma" in res.stderr and "Traceback" not in res.stderr
+    from sane_nb.bench import sample, parity
+    assert "gamma" in inspect.signature(sample.run).parameters and "gamma" in inspect.signature(parity.run).parameters
     res = sh("sane_bench", "probe", "--size", "huge", ok=False)
     assert "unknown size 'huge'" in res.stderr and "Traceback" not in res.stderr
     res = sh("sane_bench", "probe", "--variants", "sane,magic", ok=False)

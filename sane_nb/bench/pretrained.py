@@ -110,7 +110,8 @@ MAX_MB = 5.0   # the most a shipped SANE may weigh (package data)
 def _card(P, size, name, info, diag, rows, samples)->dict:
     "The model card: where the SANE came from (commands, zoo, budget), its diagnosis, held-out and transfer results"
     return {"name": NAME, "size": name, "commands": commands(size), "zoo": size["zoo"],
-            "pretraining": {k: info[k] for k in ("preset", "steps", "bs", "lr", "seed", "pretrain_s", "loss_first", "loss_last")},
+            "pretraining": {k: info[k] for k in ("preset", "steps", "bs", "lr", "seed", "pretrain_s", "loss_first", "loss_last")}
+                           | {"gamma": info.get("gamma", 0.05)},   # runs from before γ was a setting trained with 0.05
             "sane": info["config"], "test": P.card["test"], "reference": P.card.get("reference"), "learned": diag["learned"],
             "diagnosis": diag["checks"],   # check -> {value, requirement, passed}
             "transfer": {"zoo": size["transfer"], "rows": rows, "samples": samples}}
