@@ -144,7 +144,9 @@ def seeds_summary(cards:list)->dict:
     "Mean ± std over seeds of the diagnostics, held-out and transfer numbers, and the sampled accuracies"
     out = {"learned": [c["learned"] for c in cards]}
     for k, v in cards[0]["diagnosis"].items():
-        if isinstance(v["value"], (int, float)): out[f"diagnosis/{k}"] = _ms([c["diagnosis"][k]["value"] for c in cards])
+        if isinstance(v["value"], (int, float)):
+            out[f"diagnosis/{k}"] = _ms([c["diagnosis"][k]["value"] for c in cards])
+            out[f"diagnosis_by_seed/{k}"] = [float(c["diagnosis"][k]["value"]) for c in cards]   # which seed fails which check
     for t in cards[0]["test"]:
         for m in ("r2", "tau", "s(W)_r2", "s(W)_tau"): out[f"test/{t}/{m}"] = _ms([c["test"][t][m] for c in cards])
     for i, row in enumerate(cards[0]["transfer"]["rows"]):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core import cache_path, save_json
+from ..core import cache_path, check_options, save_json
 from ..data import load_digits
 from ..zoo import make_zoo, model_configs
 from ..nets import make_net
@@ -124,6 +124,7 @@ def run(
     gamma:float=0.05,      # contrastive weight γ of the SANE's loss (published 0.05; the demo's zoo needs 0.5)
 )->dict:
     "Run the sampling benchmark on a digits seed zoo and a hyperparameter zoo; returns the summary (`sane_bench` prints it as a table and one JSON line)"
+    check_options("sane_bench sample", gamma=(gamma, "[0,1]"))   # before minutes of work
     torch.set_num_threads(1)
     t0 = time.time()
     res = {kind: bench_zoo(kind, quick, denoise=denoise, gamma=gamma) for kind in ("seed", "hyper")}
@@ -156,5 +157,6 @@ def compare_markdown(
 
 def markdown(res:dict)->str:
     "What `sane_bench sample` prints above the JSON"
-    name = "denoising" if res.get("denoise") else "published"
-    return compare_markdown({name if res.get("gamma", 0.05) == 0.05 else f"{name}, γ {res['gamma']}": res})
+    g = res.get("gamma", 0.05)
+    name = "denoising" if res.get("denoise") else "published" if g == 0.05 else f"γ {g}"
+    return compare_markdown({f"{name}, γ {g}" if res.get("denoise") and g != 0.05 else name: res})
