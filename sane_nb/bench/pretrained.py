@@ -38,7 +38,8 @@ SIZES = {"full": dict(zoo=ZOO, transfer=TRANSFER, run=RUN, sample=SAMPLE),
                        run={**RUN, "steps": 60}, sample={**SAMPLE, "n": 2, "n_prompts": 2, "populations": 1, "k": 4}),
          "long": dict(zoo=ZOO, transfer=TRANSFER, run={**RUN, "steps": 4500}, sample=SAMPLE),   # budget ablation: 1.5x the steps
          "tokstats": dict(zoo=ZOO, transfer=TRANSFER, run={**RUN, "token_stats": True}, sample=SAMPLE),   # ablation: token statistics as input
-         "lat64": dict(zoo=ZOO, transfer=TRANSFER, run={**RUN, "lat_dim": 64}, sample=SAMPLE)}   # ablation: a latent twice as wide
+         "lat64": dict(zoo=ZOO, transfer=TRANSFER, run={**RUN, "lat_dim": 64}, sample=SAMPLE),   # ablation: a latent twice as wide
+         "lat96": dict(zoo=ZOO, transfer=TRANSFER, run={**RUN, "lat_dim": 96}, sample=SAMPLE)}   # ... three times as wide
 
 def commands(size:dict)->dict:
     "The console commands that make this size's zoo and SANE (they give exactly what `sane_nb.bench.pretrained.run` makes; ZOO, RUN are folders)"
