@@ -158,5 +158,5 @@ def compare_markdown(
 def markdown(res:dict)->str:
     "What `sane_bench sample` prints above the JSON"
     g = res.get("gamma", 0.05)
-    name = "denoising" if res.get("denoise") else "published" if g == 0.05 else f"γ {g}"
-    return compare_markdown({f"{name}, γ {g}" if res.get("denoise") and g != 0.05 else name: res})
+    name = ", ".join(["denoising"]*bool(res.get("denoise")) + [f"γ {g}"]*(g != 0.05)) or "published"
+    return compare_markdown({name: res})
