@@ -43,7 +43,7 @@ def sane_bench(
     stage:Param("stage to measure", str, choices=BENCH_STAGES),
     quick:bool=False, # reduced size: about 3 minutes on 2 CPU cores
     out:str=None, # also write the JSON summary to this file
-    size:str=None, # a named size of the benchmark, where it has several (probe: quick/mid/full; parity: quick/full/hyper; gpu: paper/tiny; pretrained: quick/full/long/tokstats/lat64/lat96)
+    size:str=None, # a named size of the benchmark, where it has several (probe: quick/mid/full; parity: quick/full/hyper; gpu: paper/tiny; pretrained: quick/full/lat32/lat64/long/tokstats)
     variants:str=None, # comma-separated SANE variants measured side by side (probe: sane,stats,g0.3,g0.5,stats0.1,stats_g0.3,tokstats)
     stats_head:float=None, # weight of the auxiliary row-statistics head (parity)
     token_stats:bool=False, # feed each token's mean and rms to the SANE's tokenizer, an ablation (parity)
@@ -97,21 +97,23 @@ def _device(device:str|None)->str|None:
     if d.type == "cuda" and (d.index or 0) >= torch.cuda.device_count():
         raise ValueError(f"option 'device': {device!r} asked for, but PyTorch sees {torch.cuda.device_count()} CUDA GPU(s)")
     if d.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"option 'device': 'mps' asked for, but Apple's MPS is not available here; use --device cpu")
+        raise ValueError("option 'device': 'mps' asked for, but Apple's MPS is not available here; use --device cpu")
     return str(d)
 
 def _run(
     name:str,          # the function the command calls: prefixes its error lines
     fn,                # called with the merged options (less `threads`)
-    config:str|None,   # --config, a JSON file of the command's options
-    given:dict,        # the command's options as parsed
-    defaults:dict,     # the command's defaults (the options a config file may set)
+    given:dict,        # the command's options as parsed; `config`, if there, names a JSON file of them
+    command=None,      # the command: its signature's defaults are the options a config file may set
     auto=None,         # what --device auto means (default: `default_device`)
 )->tuple:              # (what fn returned, where it computed: "cpu, 2 CPU threads")
-    "Merge options (command line > config file > defaults), set threads and device, call `fn`; errors become one clear line"
-    import warnings, torch
+    "Merge options (command line > config file > the command's defaults), set threads and device, call `fn`; errors become one clear line"
+    import inspect, warnings, torch
     from sane_nb.core import set_threads, default_device
     warnings.formatwarning = lambda msg, cat, *a, **k: f"{cat.__name__}: {msg}\n"   # one line, not a source excerpt
+    given = dict(given); config = given.pop("config", None)
+    defaults = {k: p.default for k, p in inspect.signature(command).parameters.items()
+                if p.default is not p.empty and k != "config"} if command else {}
     try:
         opts = with_config(config, given, defaults)
         set_threads(opts.pop("threads", None))
@@ -179,16 +181,11 @@ def sane_zoo(
     config:str=None,          # JSON file of these options
 ):
     "Train a model zoo (resumable; in shards or on Ray if asked); prints the zoo at a glance"
+    given = dict(locals())   # the options as parsed (first: nothing else is local yet)
     import torch
     from sane_nb.zoo import shard_from_env
-    d = dict(dataset="digits", n_models=20, epochs=10, kind="hyper", seed=0, train_images=None, grid=None, data_folder=None,
-             n_workers=2, device="auto", threads=None, shard=None, ray=None)
-
     zoo, where = _run("make_zoo", lambda device, shard, **o: _zoo(device=None if device == "cpu" else device,
-                                                                   shard=shard or shard_from_env(), **o), config,
-                      dict(dest=dest, dataset=dataset, n_models=n_models, epochs=epochs, kind=kind, seed=seed, train_images=train_images,
-                           grid=grid, data_folder=data_folder, n_workers=n_workers, device=device, threads=threads,
-                           shard=shard, ray=ray), d,
+                                                                   shard=shard or shard_from_env(), **o), given, sane_zoo,
                       auto=lambda: "cuda" if torch.cuda.is_available() else "cpu")   # zoos: a CUDA GPU if there is one, else the CPU
     shard = shard or shard_from_env()   # (a broken environment was refused above, in one line)
     print(_zoo_table(zoo, where, shard if shard not in (None, "0/1") else None))
@@ -228,12 +225,9 @@ def sane_pretrain(
     config:str=None,          # JSON file of these options
 ):
     "Tokenize a zoo and pretrain a SANE on it (resumable); prints the run at a glance and its diagnosis"
+    given = dict(locals())   # the options as parsed (first: nothing else is local yet)
     from sane_nb.pipeline import pretrain_run
-    d = dict(preset="small", steps=1000, bs=16, lr=1e-3, tokensize=0, windowsize=0, min_acc=0.0, seed=0, token_stats=False,
-             gamma=0.05, lat_dim=0, device="auto", threads=None)
-    info, where = _run("pretrain_run", pretrain_run, config, dict(zoo=zoo, out=out, preset=preset, steps=steps, bs=bs, lr=lr,
-                       tokensize=tokensize, windowsize=windowsize, min_acc=min_acc, seed=seed, token_stats=token_stats,
-                       gamma=gamma, lat_dim=lat_dim, device=device, threads=threads), d)
+    info, where = _run("pretrain_run", pretrain_run, given, sane_pretrain)
     if "config" in info: print(_run_table(info, out, where))   # under torchrun: rank 0 reports
 
 # %% ../nbs/api/10b_cli.ipynb #42a3ddb9
@@ -248,10 +242,10 @@ def sane_probe(
     config:str=None,          # JSON file of these options
 ):
     "Predict model properties from SANE embeddings against s(W) and W; prints R² per representation"
+    given = dict(locals())   # the options as parsed (first: nothing else is local yet)
     from sane_nb.pipeline import probe_run
     probe = lambda linear_only, **o: probe_run(families=("linear",) if linear_only else ("linear", "nonlinear"), **o)
-    table, where = _run("probe_run", probe, config, dict(run=run, out=out, linear_only=linear_only, seed=seed, device=device, threads=threads),
-                        dict(out=None, linear_only=False, seed=0, device="auto", threads=None))
+    table, where = _run("probe_run", probe, given, sane_probe)
     dest = Path(out or Path(run)/"probe")
     print(table.summary())
     print(f"\nR² on the test models (1 = perfect, 0 = the mean), computed on {where}. Every row, Kendall τ and the "
@@ -273,8 +267,8 @@ def sane_embed(
     if out: raise SystemExit("sane_embed: option --out goes with checkpoint files (a run's embeddings go to RUN/embeddings/)")
     from sane_nb.pipeline import embed_run
     from sane_nb.zoo import shard_from_env
-    merged, where = _run("embed_run", lambda shard, **o: embed_run(shard=shard or shard_from_env(), **o), None,
-                         dict(run=run, shard=shard, seed=seed, device=device, threads=threads), {})
+    merged, where = _run("embed_run", lambda shard, **o: embed_run(shard=shard or shard_from_env(), **o),
+                         dict(run=run, shard=shard, seed=seed, device=device, threads=threads))
     shard = shard or shard_from_env()
     print(_table({"run": Path(run).resolve(), "shard": shard or "all checkpoints",
                   "embeddings": merged if merged else "this part is done; the last shard to finish merges the parts",
@@ -291,7 +285,7 @@ def _embed_files(pretrained, checkpoints, out, device, threads):
         ps = load_pretrained(pretrained)
         sds, names = load_checkpoints(checkpoints)
         return ps, names, ps.embed(sds, device, names)
-    (ps, names, emb), where = _run("embed", embed, None, dict(device=device, threads=threads), {})
+    (ps, names, emb), where = _run("embed", embed, dict(device=device, threads=threads))
     print(f"| checkpoint | norm | first of {emb.shape[1]} dimensions |\n|---|---|---|")
     for n, e in zip(names, emb): print(f"| {n} | {e.norm():.3f} | " + ", ".join(f"{v:.3f}" for v in e[:4]) + " ... |")
     if out and Path(out).suffix == ".json": save_json({"checkpoints": names, "embeddings": emb, "rep": ps.rep}, out)
@@ -317,7 +311,7 @@ def sane_predict(
         sds, names = load_checkpoints(checkpoints)
         emb = ps.embed(sds, device, names)
         return ps, names, emb, {t: _apply(p, emb.double().numpy()) for t, p in ps.probes.items()}
-    ps, names, emb, pred = _run("predict", predict, None, dict(device=device, threads=threads), {})[0]
+    ps, names, emb, pred = _run("predict", predict, dict(device=device, threads=threads))[0]
     targets = list(pred)
     print("| checkpoint | " + " | ".join(targets) + " |\n|---|" + "---|"*len(targets))
     for i, n in enumerate(names): print(f"| {n} | " + " | ".join(f"{pred[t][i]:.3f}" for t in targets) + " |")
@@ -352,11 +346,9 @@ def sane_sample(
     config:str=None,          # JSON file of these options
 ):
     "Sample models from a pretrained SANE and compare them with baselines; prints test accuracy per method and epoch"
+    given = dict(locals())   # the options as parsed (first: nothing else is local yet)
     from sane_nb.pipeline import sample_run
-    d = dict(out=None, n=5, n_prompts=5, epochs=5, populations=3, k=20, dataset=None, seed=0, device="auto", threads=None)
-    res, where = _run("sample_run", lambda k, **o: sample_run(k=k or None, **o), config,
-                      dict(run=run, out=out, n=n, n_prompts=n_prompts, epochs=epochs, populations=populations, k=k,
-                           dataset=dataset, seed=seed, device=device, threads=threads), d)
+    res, where = _run("sample_run", lambda k, **o: sample_run(k=k or None, **o), given, sane_sample)
     dest = Path(out or Path(run)/"sample")
     print(_sample_table(res))
     p = res["populations"]
@@ -373,6 +365,6 @@ def sane_demo(
 ):
     "The whole method on the bundled digits data: zoo, pretraining, probing, sampling, and a report (resumable)"
     from sane_nb.pipeline import demo
-    _, where = _run("demo", demo, None, dict(out=out, quick=quick, device=device, threads=threads), {})
+    _, where = _run("demo", demo, dict(out=out, quick=quick, device=device, threads=threads))
     print(Path(out, "report.md").read_text())
     print(f"report: {Path(out).resolve()/'report.md'} (computed on {where})")
