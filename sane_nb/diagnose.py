@@ -174,6 +174,23 @@ class Diagnosis:
         return out
     @property
     def learned(self)->bool: return all(ok for _, _, ok in self.checks().values())
+    def hints(self)->list:
+        "What to try for each failed check: one line each, from what this project's benchmarks measured"
+        c, out, half = self.checks(), [], max(1, self.tokensize//2)
+        if not c["bottleneck"][2]:
+            out.append(f"bottleneck: a latent as wide as the token copies it; set lat_dim below {self.tokensize} (about half: {half})")
+        elif "reconstruction" in c and not c["reconstruction"][2]:
+            out.append(f"reconstruction: each token of {self.tokensize} is squeezed into {self.lat_dim} numbers "
+                       f"({self.tokensize/self.lat_dim:.1f}x); " + (f"a latent of about half the token width (lat_dim {half}) "
+                       "made every seed pass where a third did not (bench/09_pretrained)" if self.lat_dim < half*0.8 else
+                       "more steps or more models per zoo are what is left to try"))
+        if not (c["retrieval"][2] and c["contrastive"][2]) and "not reachable" not in c["retrieval"][1]:
+            out.append("retrieval / contrastive: the views are not told apart from other models; train longer, on more "
+                       "models, or raise the contrastive weight gamma (0.3-0.5)")
+        if "floor" in c and not c["floor"][2]:
+            out.append("floor: the embedding reads test accuracy no better than an untrained SANE's; on small zoos a "
+                       "contrastive weight gamma of 0.3-0.5 fixed this (the demo), and more models per zoo help")
+        return out
     @classmethod
     def from_dict(cls, d:dict)->"Diagnosis":
         "A diagnosis from `to_dict`'s output (e.g. a run's diagnosis.json)"
@@ -187,7 +204,8 @@ class Diagnosis:
             return "— (not measurable)" if v != v else f"{v:.4f}" if k == "floor" else f"{v:.3f}"
         verdict = lambda v, ok: "yes" if ok else "**no** (not measured)" if isinstance(v, float) and v != v else "**no**"
         rows = [f"| {k} | {fmt(k, v)} | {q} | {verdict(v, ok)} |" for k, (v, q, ok) in self.checks().items()]
-        return "\n".join(["| check | value | requirement | passed |", "|---|---|---|---|", *rows])
+        hints = ["", "What to try:", *(f"- {h}" for h in self.hints())] if self.hints() else []
+        return "\n".join(["| check | value | requirement | passed |", "|---|---|---|---|", *rows, *hints])
     def __repr__(self):
         return f"Diagnosis({'learned' if self.learned else 'NOT learned'}: " + ", ".join(
             f"{k} {'ok' if ok else 'FAILED'}" for k, (_, _, ok) in self.checks().items()) + ")"
