@@ -5,7 +5,7 @@
 # %% ../nbs/api/09c_diagnose.ipynb #90c816dc
 from __future__ import annotations
 import math, warnings
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, asdict
 
 import numpy as np
 import torch

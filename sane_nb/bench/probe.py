@@ -35,7 +35,9 @@ VARIANTS = {"sane": {},                               # the published SANE
             "g0.5": {"gamma": 0.5},                   # ... and stronger still
             "stats0.1": {"stats_head": 0.1},          # the head at a tenth of the weight
             "stats_g0.3": {"stats_head": 1.0, "gamma": 0.3},
-            "tokstats": {"token_stats": True}}        # each token's mean and rms fed to the tokenizer (`06_model`)
+            "tokstats": {"token_stats": True},        # each token's mean and rms fed to the tokenizer (`06_model`)
+            "l40": {"lat_dim": 40},                   # a latent of 40 per token of 73 (about half, as the shipped SANE's 96 of 201)
+            "g0.3_l40": {"gamma": 0.3, "lat_dim": 40}}
 
 # %% ../../nbs/bench/03_probe.ipynb #fd5ecafc
 def bench_zoo(
