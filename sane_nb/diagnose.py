@@ -182,14 +182,14 @@ class Diagnosis:
         elif "reconstruction" in c and not c["reconstruction"][2]:
             out.append(f"reconstruction: each token of {self.tokensize} is squeezed into {self.lat_dim} numbers "
                        f"({self.tokensize/self.lat_dim:.1f}x); " + (f"a latent of about half the token width (lat_dim {half}) "
-                       "made every seed pass where a third did not (bench/09_pretrained)" if self.lat_dim < half*0.8 else
-                       "more steps or more models per zoo are what is left to try"))
+                       "reconstructed below the bar on the zoos measured (bench/09_pretrained, bench/03_probe), where "
+                       "narrower ones missed it" if self.lat_dim < half else "more steps or more models per zoo are what is left to try"))
         if not (c["retrieval"][2] and c["contrastive"][2]) and "not reachable" not in c["retrieval"][1]:
             out.append("retrieval / contrastive: the views are not told apart from other models; train longer, on more "
                        "models, or raise the contrastive weight gamma (0.3-0.5)")
         if "floor" in c and not c["floor"][2]:
             out.append("floor: the embedding reads test accuracy no better than an untrained SANE's; on small zoos a "
-                       "contrastive weight gamma of 0.3-0.5 fixed this (the demo), and more models per zoo help")
+                       "contrastive weight gamma of 0.3-0.5 fixed this (the demo, bench/03_probe), and more models per zoo help")
         return out
     @classmethod
     def from_dict(cls, d:dict)->"Diagnosis":
