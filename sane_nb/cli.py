@@ -111,9 +111,11 @@ def _run(
     import inspect, warnings, torch
     from sane_nb.core import set_threads, default_device
     warnings.formatwarning = lambda msg, cat, *a, **k: f"{cat.__name__}: {msg}\n"   # one line, not a source excerpt
+    params = inspect.signature(command).parameters if command else {}
+    if command and set(given) != set(params):   # `given` must be the command's locals, taken before anything else is local
+        raise TypeError(f"{name}: the options given differ from the command's parameters: {sorted(set(given) ^ set(params))}")
     given = dict(given); config = given.pop("config", None)
-    defaults = {k: p.default for k, p in inspect.signature(command).parameters.items()
-                if p.default is not p.empty and k != "config"} if command else {}
+    defaults = {k: p.default for k, p in params.items() if p.default is not p.empty and k != "config"}
     try:
         opts = with_config(config, given, defaults)
         set_threads(opts.pop("threads", None))

@@ -32,7 +32,8 @@ TRANSFER = dict(dataset="fashion_mnist", kind="hyper", n_models=50, epochs=5, se
                 grid={"lr": [2e-2, 5e-3, 2e-3, 5e-4], "wd": [5e-4], "dropout": [0.05]})   # grid points ZOO does not have
 RUN = dict(preset="digits", lat_dim=96, steps=3000, bs=32, lr=1e-3, seed=0)   # the published small-CNN SANE, whole-model windows,
                                                                             # a latent of 96 for tokens of 201 (section "A latent sized to the tokens")
-PUBLISHED = {**RUN, "lat_dim": 32}   # the preset's latent, sized for the digits CNN's tokens of 73: the ablations' reference
+PUBLISHED = {k: v for k, v in RUN.items() if k != "lat_dim"}   # the preset's latent (32, sized for the digits CNN's tokens
+                                                                 # of 73): the ablations' reference
 SAMPLE = dict(n=3, n_prompts=3, populations=3, k=10, epochs=1)
 SIZES = {"full": dict(zoo=ZOO, transfer=TRANSFER, run=RUN, sample=SAMPLE),
          "quick": dict(zoo={**ZOO, "n_models": 24, "epochs": 3, "train_images": 2000},   # minutes: checks the pieces fit
@@ -124,12 +125,28 @@ def _zoo_dir(base:Path, z:dict)->Path:
     import hashlib, json
     return base/"zoos"/f"{z['dataset']}_{z['n_models']}x{z['epochs']}_{hashlib.sha1(json.dumps(z, sort_keys=True).encode()).hexdigest()[:8]}"
 
+def _flags(cmd:str)->dict:
+    "The options of a console command as {flag: value} (a flag without a value: True), in any order"
+    toks, out = cmd.split(), {}
+    for i, t in enumerate(toks):
+        if t.startswith("--"): out[t] = toks[i + 1] if i + 1 < len(toks) and not toks[i + 1].startswith("--") else True
+    return out
+
+def _cached(done:Path, S:dict)->dict|None:
+    "A seed's cached card, if it was made with this size's zoo and pretraining; a clear error if it was not"
+    if not done.exists(): return None
+    card = load_json(done)
+    if card["zoo"] != S["zoo"] or _flags(card["commands"]["pretrain"]) != _flags(commands(S)["pretrain"]):
+        raise ValueError(f"{done} was measured with other settings ({card['commands']['pretrain']}); "
+                         f"this size is {commands(S)['pretrain']}: move its folder {done.parent.parent} away to measure again")
+    return card
+
 def _one(args)->dict:
     "One seed: pretrain (or resume), build the PretrainedSANE with its card, measure transfer; the card, cached as JSON"
     folder, name, seed, zoo_dir, transfer_dir = args
-    if (done := folder/"results"/f"s{seed}.json").exists(): return load_json(done)
-    torch.set_num_threads(1)
     S = SIZES[name]
+    if (card := _cached(done := folder/"results"/f"s{seed}.json", S)) is not None: return card
+    torch.set_num_threads(1)
     info = pretrain_run(zoo_dir, folder/f"run_s{seed}", **{**S["run"], "seed": seed}, progress=False)
     r = load_run(folder/f"run_s{seed}")
     P, t1 = from_run(r), time.time()
@@ -155,6 +172,7 @@ def seeds_summary(cards:list)->dict:
     for i, row in enumerate(cards[0]["transfer"]["rows"]):
         for m in ("r2", "tau"):
             out[f"transfer/{row['target']}/{row['representation']}/{m}"] = _ms([c["transfer"]["rows"][i][m] for c in cards])
+            out[f"transfer_by_seed/{row['target']}/{row['representation']}/{m}"] = [float(c["transfer"]["rows"][i][m]) for c in cards]
     for meth, acc in cards[0]["transfer"]["samples"]["acc"].items():
         for e in (e for e in acc if not e.endswith("_std")):
             out[f"samples/{meth}/{e}"] = _ms([c["transfer"]["samples"]["acc"][meth][e] for c in cards])
