@@ -12,7 +12,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['init_distributed', 'world_size', 'rank', 'all_gather_with_grad', 'all_reduce_sum', 'all_reduce_mean']
+__all__ = ['init_distributed', 'world_size', 'rank', 'finish_distributed', 'all_gather_with_grad', 'all_reduce_sum',
+           'all_reduce_mean']
 
 # %% ../nbs/api/07b_distributed.ipynb #ed492b06
 def init_distributed(
@@ -36,6 +37,10 @@ def world_size()->int:
 def rank()->int:
     "This process's rank (0 when not distributed); rank 0 writes checkpoints, logs and progress"
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+def finish_distributed():
+    "Leave the process group: wait for every rank, then destroy it; nothing without torchrun. Call it last in a torchrun script"
+    if dist.is_available() and dist.is_initialized(): dist.barrier(); dist.destroy_process_group()
 
 # %% ../nbs/api/07b_distributed.ipynb #fc5fc49a
 class _GatherWithGrad(torch.autograd.Function):

@@ -19,7 +19,7 @@ from .dataset import tokenize_zoo, load_token_zoo
 from .model import SaneConfig, PRESETS, fit_config
 from .probe import predict_properties, representations
 from .train import pretrain_on_zoo, load_sane, latest_checkpoint
-from .distributed import init_distributed, rank, world_size
+from .distributed import init_distributed, rank, world_size, finish_distributed
 from .diagnose import Diagnosis, diagnose, untrained_representations
 from .analysis import plot_pca
 from .evaluate import compare_inits, summarize, plot_curves, holdout, noise_baseline, novelty_audit
@@ -98,7 +98,7 @@ def pretrain_run(
                                    plot=False, device=dev)
     procs = world_size()
     if procs > 1:   # training is done: leave the group, so that rank 0 diagnoses alone (no collectives)
-        r = rank(); torch.distributed.barrier(); torch.distributed.destroy_process_group()
+        r = rank(); finish_distributed()
         if r != 0: return {**settings, "rank": r}   # rank 0 diagnoses and writes the run's results
     t1, diag = time.time(), diagnose(sane.to(dev), tz, seed=seed)
     save_json(diag.to_dict(), out/"diagnosis.json")

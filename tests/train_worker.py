@@ -12,6 +12,7 @@ import torch
 
 from sane_nb.model import SaneConfig
 from sane_nb.train import Callback, pretrain, synthetic_loaders
+from sane_nb.distributed import finish_distributed
 
 
 class KillAt(Callback):
@@ -38,6 +39,7 @@ def main():
     tdl, vdl = synthetic_loaders(cfg, bs=a.bs, n_train=a.n_train, n_valid=16, **fixed)
     cbs = [KillAt(a.kill_at)] if a.kill_at else []
     pretrain(cfg, tdl, vdl, epochs=a.epochs, lr=3e-3, out=a.out, every=a.every, device="cpu", progress=False, cbs=cbs)
+    finish_distributed()   # under torchrun: leave the process group before the interpreter's shutdown
 
 
 if __name__ == "__main__": main()
