@@ -4,7 +4,7 @@
 
 # %% ../nbs/api/10_pipeline.ipynb #4b253a61
 from __future__ import annotations
-import dataclasses, json, shutil, time, warnings
+import dataclasses, shutil, time, warnings
 from pathlib import Path
 
 import numpy as np
