@@ -186,7 +186,7 @@ class Diagnosis:
                 "seed where 32 passed on one of three (bench/09_pretrained)" if ratio > 2.5 else
                 "more steps or more models per zoo; if the contrastive weight gamma was raised, it takes capacity from "
                 "reconstruction (gamma 0.3 alone missed the bar on every seed of the 100-model digits zoos, bench/03_probe)"))
-        reachable = "not reachable" not in c["retrieval"][1]
+        reachable = 10*self.retrieval["top1_chance"] < 1     # as `checks` decides it
         if (not c["retrieval"][2] and reachable) or not c["contrastive"][2]:
             out.append("retrieval / contrastive: the two views of a model are not told apart from other models; train "
                        "longer, on more models, or with a larger contrastive weight gamma (0.3-0.5; published 0.05)")
@@ -209,7 +209,7 @@ class Diagnosis:
             return "— (not measurable)" if v != v else f"{v:.4f}" if k == "floor" else f"{v:.3f}"
         verdict = lambda v, ok: "yes" if ok else "**no** (not measured)" if isinstance(v, float) and v != v else "**no**"
         rows = [f"| {k} | {fmt(k, v)} | {q} | {verdict(v, ok)} |" for k, (v, q, ok) in self.checks().items()]
-        hints = ["", "What to try:", *(f"- {h}" for h in self.hints())] if self.hints() else []
+        hints = ["", "What to try:", *(f"- {t}" for t in tips)] if (tips := self.hints()) else []
         return "\n".join(["| check | value | requirement | passed |", "|---|---|---|---|", *rows, *hints])
     def __repr__(self):
         return f"Diagnosis({'learned' if self.learned else 'NOT learned'}: " + ", ".join(
