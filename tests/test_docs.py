@@ -24,12 +24,14 @@ def dump_dom(url, wait_ms=0):
     if CHROMIUM is None:
         if os.environ.get("CI"): pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
         pytest.skip("chromium is not installed")
-    with tempfile.TemporaryDirectory() as profile:
-        res = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                              f"--user-data-dir={profile}", *([f"--virtual-time-budget={wait_ms}"] if wait_ms else []),
-                              "--dump-dom", url],
-                             capture_output=True, text=True, timeout=120)
+    for attempt in range(3):   # a browser killed by a signal (it segfaulted once in CI on a busy machine) is started again
+        with tempfile.TemporaryDirectory() as profile:
+            res = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                                  f"--user-data-dir={profile}", *([f"--virtual-time-budget={wait_ms}"] if wait_ms else []),
+                                  "--dump-dom", url],
+                                 capture_output=True, text=True, timeout=120)
+        if res.returncode >= 0: break
     assert res.returncode == 0, res.stderr[-2000:]
     return res.stdout
 
