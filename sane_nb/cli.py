@@ -211,7 +211,7 @@ def _run_table(info:dict, out:str, where:str)->str:
 def sane_pretrain(
     zoo:str,                  # zoo folder (native or published Model Zoos layout)
     out:str,                  # run folder to create (or resume)
-    preset:str="small",       # SANE size: tiny, small, digits, paper_cnn, paper_resnet18
+    preset:str="digits",      # SANE size: tiny, small, digits (the published small-CNN SANE), paper_cnn, paper_resnet18
     steps:int=1000,           # optimisation steps
     bs:int=16,                # batch size
     lr:float=1e-3,            # peak learning rate
@@ -220,8 +220,8 @@ def sane_pretrain(
     min_acc:float=0.0,        # train on checkpoints at least this accurate
     seed:int=0,               # seed of the split offset, the SANE's initialisation and the windows
     token_stats:bool=False,   # feed each token's mean and rms to the SANE (not published; better embeddings on digits zoos)
-    gamma:float=0.05,         # weight of the contrastive loss (published 0.05; the demo's 60-model seed zoo needs 0.5: see 10_pipeline)
-    lat_dim:int=0,            # latent width per token (0: the preset's)
+    gamma:float=0.3,          # weight of the contrastive loss (published 0.05, which left small zoos below the untrained SANE: see 10_pipeline)
+    lat_dim:str="half",       # latent width per token: half (half the token, rounded down), a number, or 0 (the preset's)
     device:str="auto",        # auto, cpu, cuda, cuda:N or mps (auto: a CUDA GPU, else MPS, else the CPU)
     threads:int=None,         # PyTorch CPU threads (default: $SANE_THREADS, else every core this process may use)
     config:str=None,          # JSON file of these options
@@ -229,7 +229,8 @@ def sane_pretrain(
     "Tokenize a zoo and pretrain a SANE on it (resumable); prints the run at a glance and its diagnosis"
     given = dict(locals())   # the options as parsed (first: nothing else is local yet)
     from sane_nb.pipeline import pretrain_run
-    info, where = _run("pretrain_run", pretrain_run, given, sane_pretrain)
+    width = lambda v: int(v) if isinstance(v, str) and v.strip().lstrip("-").isdigit() else v   # "36" -> 36; "half" stays
+    info, where = _run("pretrain_run", lambda lat_dim, **o: pretrain_run(lat_dim=width(lat_dim), **o), given, sane_pretrain)
     if "config" in info: print(_run_table(info, out, where))   # under torchrun: rank 0 reports
 
 # %% ../nbs/api/10b_cli.ipynb #42a3ddb9

@@ -55,7 +55,7 @@ def _training_split(zoo, split:dict, min_acc:float, min_epoch:int)->dict:
 def pretrain_run(
     zoo:str|Path,           # a zoo folder (native or Model Zoos)
     out:str|Path,           # the run folder (created; resumed if it holds this run)
-    preset:str="small",     # SANE size, a key of `PRESETS`
+    preset:str="digits",    # SANE size, a key of `PRESETS` (digits: the published small-CNN SANE)
     steps:int=1000,         # optimisation steps
     bs:int=16,              # batch size
     lr:float=1e-3,          # peak learning rate (one-cycle)
@@ -65,8 +65,8 @@ def pretrain_run(
     min_epoch:int=0,        # ... and at least this many epochs old
     seed:int=0,             # split seed offset, model seed, window seed
     token_stats:bool=False, # feed each token's mean and rms to the SANE (`SaneConfig.token_stats`; not published)
-    gamma:float=0.05,       # weight γ of the contrastive loss, 1-γ of reconstruction (published 0.05; see below)
-    lat_dim:int=0,          # latent width per token; 0 = the preset's (wider tokens may need more: see below)
+    gamma:float=0.3,        # weight γ of the contrastive loss, 1-γ of reconstruction (published 0.05; see below)
+    lat_dim:int|str="half", # latent width per token: "half" the token (rounded down), a number, or 0 (the preset's); see below
     progress:bool=True,
     device:str|None=None,   # where to train and diagnose; None: `default_device()` (not a setting: a resumed run may move)
 )->dict:                    # the run's settings (also in `out/run.json`)
@@ -74,7 +74,9 @@ def pretrain_run(
     check_options("pretrain_run", preset=(preset, tuple(PRESETS)), steps=(steps, "int>=1"), bs=(bs, "int>=1"),
                   lr=(lr, "float>0"), tokensize=(tokensize, "int>=0"), windowsize=(windowsize, "int>=0|None"),
                   min_acc=(min_acc, "[0,1]"), min_epoch=(min_epoch, "int>=0"), seed=(seed, "int>=0"), token_stats=(token_stats, (True, False)),
-                  gamma=(gamma, "[0,1]"), lat_dim=(lat_dim, "int>=0"))
+                  gamma=(gamma, "[0,1]"))
+    if not (lat_dim == "half" or (isinstance(lat_dim, int) and not isinstance(lat_dim, bool) and lat_dim >= 0)):
+        raise ValueError(f"pretrain_run: option 'lat_dim' must be 'half' or an integer >= 0, got {lat_dim!r}")
     out, zoo_path = Path(out), Path(zoo).resolve()
     if not zoo_path.exists(): raise FileNotFoundError(f"pretrain_run: no zoo folder at {zoo_path}")
     settings = dict(zoo=str(zoo_path), preset=preset, steps=steps, bs=bs, lr=lr, tokensize=tokensize,
@@ -91,7 +93,7 @@ def pretrain_run(
     if "config" in (old := load_json(out/"run.json")):   # finished earlier
         return old if rank() == 0 else {**settings, "rank": rank()}
     tz = load_token_zoo(out/"tokens")
-    cfg = fit_config(tz, preset, windowsize, token_stats=token_stats, **({"lat_dim": lat_dim} if lat_dim else {}))
+    cfg = fit_config(tz, preset, windowsize, token_stats=token_stats, **_latent(lat_dim, tz.tokens.shape[-1]))
     dev = default_device(device)
     t0 = time.time()
     sane, losses = pretrain_on_zoo(tz, cfg, steps=steps, bs=bs, lr=lr, seed=seed, gamma=gamma, out=out/"sane", progress=progress,
@@ -106,6 +108,11 @@ def pretrain_run(
     save_json({**settings, "config": dataclasses.asdict(cfg), "processes": procs, "pretrain_s": t1 - t0, "learned": diag.learned,
                "loss_first": float(np.mean(losses[:10])), "loss_last": float(np.mean(losses[-10:]))}, out/"run.json")
     return load_json(out/"run.json")
+
+def _latent(lat_dim:int|str, tokensize:int)->dict:
+    "The `fit_config` override of a run's latent width: half the token, a given width, or none (0: the preset's)"
+    if lat_dim == "half": return {"lat_dim": max(1, tokensize//2)}
+    return {"lat_dim": lat_dim} if lat_dim else {}
 
 _ADDED_SETTINGS = {"token_stats": False, "gamma": 0.05, "lat_dim": 0}   # settings newer than some run folders, with the value those folders ran with
 
@@ -284,8 +291,9 @@ def sample_run(
     return summary
 
 # %% ../nbs/api/10_pipeline.ipynb #32851915
-DEMO_SIZES = {False: dict(n_models=60, epochs=10, steps=1500, bs=16, n=5, populations=3, ft_epochs=5, k=20, preset="digits", gamma=0.5),
-              True: dict(n_models=12, epochs=3, steps=20, bs=8, n=2, populations=1, ft_epochs=1, k=4, preset="tiny", gamma=0.5)}
+DEMO_SIZES = {False: dict(n_models=60, epochs=10, steps=1500, bs=16, n=5, populations=3, ft_epochs=5, k=20, preset="digits", gamma=0.5,
+                     lat_dim=0),   # the preset's latent of 32, as measured below
+              True: dict(n_models=12, epochs=3, steps=20, bs=8, n=2, populations=1, ft_epochs=1, k=4, preset="tiny", gamma=0.5, lat_dim=0)}
 
 def demo(
     out:str|Path="sane_demo", # report folder
@@ -297,7 +305,7 @@ def demo(
     out, sz, t0 = Path(out), DEMO_SIZES[quick], time.time()
     zoo = make_zoo(out/"zoo", "digits", n_models=sz["n_models"], epochs=sz["epochs"], seed=0, kind="seed", progress=progress)
     run_info = pretrain_run(out/"zoo", out/"run", preset=sz["preset"], steps=sz["steps"], bs=sz["bs"], gamma=sz["gamma"],
-                            windowsize=None if quick else 0, progress=progress, device=device)
+                            lat_dim=sz["lat_dim"], windowsize=None if quick else 0, progress=progress, device=device)
     run = load_run(out/"run", device)
     table = probe_run(run, out/"probe", families=("linear",) if quick else ("linear", "nonlinear"), device=device, progress=progress)
     sample = sample_run(run, out/"sample", n=sz["n"], epochs=sz["ft_epochs"], populations=sz["populations"], k=sz["k"],

@@ -28,13 +28,13 @@ def test_chain(tmp_path):
     assert settings["train_images"] == 400 and settings["grid"] == {"act": "relu", "optimizer": "adam"}
     assert {m["act"] for m in settings["models"]} == {"relu"}
     cfg = tmp_path/"pre.json"
-    cfg.write_text(json.dumps({"preset": "tiny", "steps": 12, "bs": 8, "windowsize": 8, "gamma": 0.3, "lat_dim": 6}))
+    cfg.write_text(json.dumps({"preset": "tiny", "steps": 12, "bs": 8, "windowsize": 8, "gamma": 0.5, "lat_dim": 6}))
     out = sh("sane_pretrain", tmp_path/"zoo", tmp_path/"run", "--config", cfg, "--threads", 2)
     assert ", 2 CPU threads |" in out.stdout   # the thread count reached torch (read back from it)
     assert "| learned (every check passed) |" in out.stdout and "| check | value | requirement | passed |" in out.stdout
     info = json.loads((tmp_path/"run"/"run.json").read_text())
-    assert info["steps"] == 12 and info["preset"] == "tiny" and info["config"]["windowsize"] == 8 and info["gamma"] == 0.3
-    assert "contrastive weight γ 0.3" in out.stdout and "latent 6 per token" in out.stdout and info["config"]["lat_dim"] == 6
+    assert info["steps"] == 12 and info["preset"] == "tiny" and info["config"]["windowsize"] == 8 and info["gamma"] == 0.5
+    assert "contrastive weight γ 0.5" in out.stdout and "latent 6 per token" in out.stdout and info["config"]["lat_dim"] == 6
     assert sorted(p.name for p in (tmp_path/"run"/"sane").iterdir() if p.name.startswith("step_")) == ["step_00000012"]
     probe = sh("sane_probe", tmp_path/"run", "--linear_only")
     assert "| r2 on test models | test_acc (linear) | epoch (linear) | ggap (linear) |" in probe.stdout
@@ -106,12 +106,29 @@ def test_bad_options_are_one_line_naming_the_option(tmp_path):
         assert not (tmp_path/"z").exists()
     (tmp_path/"c.json").write_text('{"steps": "2"}')
     for args, name in ((["--steps", "0"], "steps"), (["--lr", "0"], "lr"), (["--bs", "-1"], "bs"), (["--gamma", "2"], "gamma"),
-                       (["--lat_dim", "-1"], "lat_dim"),
+                       (["--lat_dim", "-1"], "lat_dim"), (["--lat_dim", "third"], "lat_dim"),
                        (["--config", tmp_path/"c.json"], "steps")):
         r = _cli("sane_pretrain", zoo.path, tmp_path/"run", "--preset", "tiny", *args, tmp=tmp_path)
         assert r.returncode != 0 and "Traceback" not in r.stderr and f"option '{name}'" in r.stderr, r.stderr
         assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.count("pretrain_run:") == 1   # one line, prefixed once
         assert not (tmp_path/"run").exists()
+
+
+def test_latent_width_half_by_default_or_a_number(tmp_path):
+    "--lat_dim: half the token by default, a number from the command line, 0 for the preset's"
+    import json
+    from sane_nb.zoo import fixture_zoo
+    from sane_nb.model import SaneConfig
+    zoo = fixture_zoo()
+    for name, args, want in (("half", [], "half"), ("five", ["--lat_dim", "5"], 5), ("preset", ["--lat_dim", "0"], 0)):
+        r = _cli("sane_pretrain", zoo.path, tmp_path/name, "--preset", "tiny", "--steps", "2", "--bs", "8", "--windowsize", "8",
+                 *args, tmp=tmp_path)
+        assert r.returncode == 0, r.stderr
+        info = json.loads((tmp_path/name/"run.json").read_text())
+        tokens = info["config"]["tokensize"]
+        assert info["lat_dim"] == want and info["gamma"] == 0.3, info
+        assert info["config"]["lat_dim"] == {"half": tokens//2, 5: 5, 0: SaneConfig.tiny().lat_dim}[want]
+        assert f"latent {info['config']['lat_dim']} per token of {tokens}" in r.stdout
 
 
 def test_a_run_that_did_no_work_does_not_block_the_corrected_rerun(tmp_path):

@@ -30,10 +30,9 @@ NAME = "cnn-s-fashion-mnist"   # the name `load_pretrained` knows the shipped SA
 ZOO = dict(dataset="fashion_mnist", kind="hyper", n_models=200, epochs=10, seed=0, train_images=10_000)
 TRANSFER = dict(dataset="fashion_mnist", kind="hyper", n_models=50, epochs=5, seed=1, train_images=10_000,
                 grid={"lr": [2e-2, 5e-3, 2e-3, 5e-4], "wd": [5e-4], "dropout": [0.05]})   # grid points ZOO does not have
-RUN = dict(preset="digits", lat_dim=96, steps=3000, bs=32, lr=1e-3, seed=0)   # the published small-CNN SANE, whole-model windows,
-                                                                            # a latent of 96 for tokens of 201 (section "A latent sized to the tokens")
-PUBLISHED = {k: v for k, v in RUN.items() if k != "lat_dim"}   # the preset's latent (32, sized for the digits CNN's tokens
-                                                                 # of 73): the ablations' reference
+RUN = dict(preset="digits", lat_dim=96, gamma=0.05, steps=3000, bs=32, lr=1e-3, seed=0)   # the published small-CNN SANE (γ 0.05),
+                         # whole-model windows, a latent of 96 for tokens of 201 (section "A latent sized to the tokens")
+PUBLISHED = {**RUN, "lat_dim": 0}   # the preset's latent (32, sized for the digits CNN's tokens of 73): the ablations' reference
 SAMPLE = dict(n=3, n_prompts=3, populations=3, k=10, epochs=1)
 SIZES = {"full": dict(zoo=ZOO, transfer=TRANSFER, run=RUN, sample=SAMPLE),
          "quick": dict(zoo={**ZOO, "n_models": 24, "epochs": 3, "train_images": 2000},   # minutes: checks the pieces fit
@@ -133,13 +132,15 @@ def _flags(cmd:str)->dict:
     return out
 
 def _cached(done:Path, S:dict)->dict|None:
-    "A seed's cached card, if it was made with this size's zoo and pretraining; a clear error if it was not"
+    "A seed's cached card, if it was made with this size's zoo and pretraining (its commands as this size writes them); a clear error if not"
     if not done.exists(): return None
     card = load_json(done)
-    if card["zoo"] != S["zoo"] or _flags(card["commands"]["pretrain"]) != _flags(commands(S)["pretrain"]):
+    before = {"--gamma": str(card["pretraining"].get("gamma", 0.05)), "--lat_dim": "0"}   # what a command without these flags ran
+                                                                           # with (cards written before the defaults changed, 2026-12-01)
+    if card["zoo"] != S["zoo"] or {**before, **_flags(card["commands"]["pretrain"])} != _flags(commands(S)["pretrain"]):
         raise ValueError(f"{done} was measured with other settings ({card['commands']['pretrain']}); "
                          f"this size is {commands(S)['pretrain']}: move its folder {done.parent.parent} away to measure again")
-    return card
+    return card | {"commands": commands(S)}
 
 def _one(args)->dict:
     "One seed: pretrain (or resume), build the PretrainedSANE with its card, measure transfer; the card, cached as JSON"
@@ -211,7 +212,8 @@ def run(
         if why: print(f"sane_bench pretrained: not copied to {dest}: {why}")
         else:   # complete or not at all: a temporary copy renamed into place; its card gains the spread over seeds
             from sane_nb.pretrained import load_pretrained
-            P = load_pretrained(saved); P.card["over_seeds"] = summary["over_seeds"]
+            P = load_pretrained(saved)   # its card gains the spread over seeds, and its commands as this size writes them
+            P.card |= {"over_seeds": summary["over_seeds"], "commands": cards[0]["commands"]}
             tmp = dest.with_name(dest.name + ".partial")
             shutil.rmtree(tmp, ignore_errors=True); P.save_pretrained(tmp)
             shutil.rmtree(dest, ignore_errors=True); tmp.rename(dest)
