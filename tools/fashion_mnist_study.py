@@ -20,7 +20,7 @@ from sane_nb.core import load_json, save_json
 
 BIN = Path(sys.executable).parent
 ZOO_ARGS = "--dataset fashion_mnist --n_models 300 --epochs 15 --kind hyper --seed 0 --train_images 10000 --n_workers 2"
-PRETRAIN_ARGS = "--preset small --steps 3000 --bs 16"
+PRETRAIN_ARGS = "--steps 3000 --bs 16"   # the defaults otherwise: the published small-CNN SANE, a latent of half the token, γ 0.3
 SAMPLE_ARGS = "--n 3 --n_prompts 3 --epochs 5 --populations 3 --k 10"
 QUICK = dict(ZOO_ARGS="--dataset digits --n_models 12 --epochs 2 --kind hyper --seed 0 --train_images 400 --n_workers 1",
              PRETRAIN_ARGS="--preset tiny --steps 10 --bs 8", SAMPLE_ARGS="--n 2 --n_prompts 2 --epochs 1 --populations 2 --k 3")
