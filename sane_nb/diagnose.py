@@ -192,9 +192,10 @@ class Diagnosis:
                        "longer, on more models, or with a larger contrastive weight gamma (0.3-0.5; published 0.05)")
         if "floor" in c and not c["floor"][2]:
             out.append("floor: the embedding reads test accuracy no better than an untrained SANE's (a wider latent raises "
-                       "that floor too); on small zoos a contrastive weight gamma above the published 0.05 lifted it: 0.5 on "
-                       "the demo's 60-model zoo, 0.3 with a latent of about half the token on 5 of 6 seeds of the "
-                       "100-model digits zoos (bench/03_probe); more models per zoo help")
+                       "that floor too); on 100-model digits zoos a contrastive weight gamma of 0.3 (published 0.05) with a "
+                       "latent of half the token, sane_pretrain's defaults, lifted it on every seed of the seed zoo, and on "
+                       "the hyperparameter zoo with 3x the steps (3 of 3 seeds at 3,000 steps, 1 of 3 at 1,000; "
+                       "bench/10_defaults); more models per zoo help")
         return out
     @classmethod
     def from_dict(cls, d:dict)->"Diagnosis":

@@ -291,9 +291,10 @@ def sample_run(
     return summary
 
 # %% ../nbs/api/10_pipeline.ipynb #32851915
-DEMO_SIZES = {False: dict(n_models=60, epochs=10, steps=1500, bs=16, n=5, populations=3, ft_epochs=5, k=20, preset="digits", gamma=0.5,
-                     lat_dim=0),   # the preset's latent of 32, as measured below
-              True: dict(n_models=12, epochs=3, steps=20, bs=8, n=2, populations=1, ft_epochs=1, k=4, preset="tiny", gamma=0.5, lat_dim=0)}
+DEMO_SIZES = {False: dict(n_models=60, epochs=10, n=5, populations=3, ft_epochs=5, k=20,
+                          pretrain=dict(steps=1500, bs=16)),   # otherwise pretrain_run's defaults (measured below)
+              True: dict(n_models=12, epochs=3, n=2, populations=1, ft_epochs=1, k=4,
+                         pretrain=dict(steps=20, bs=8, preset="tiny", lat_dim=0, windowsize=None))}   # mechanics, in seconds
 
 def demo(
     out:str|Path="sane_demo", # report folder
@@ -304,8 +305,7 @@ def demo(
     "Zoo -> pretraining -> property prediction -> sampling on digits, with a report in `out`"
     out, sz, t0 = Path(out), DEMO_SIZES[quick], time.time()
     zoo = make_zoo(out/"zoo", "digits", n_models=sz["n_models"], epochs=sz["epochs"], seed=0, kind="seed", progress=progress)
-    run_info = pretrain_run(out/"zoo", out/"run", preset=sz["preset"], steps=sz["steps"], bs=sz["bs"], gamma=sz["gamma"],
-                            lat_dim=sz["lat_dim"], windowsize=None if quick else 0, progress=progress, device=device)
+    run_info = pretrain_run(out/"zoo", out/"run", **sz["pretrain"], progress=progress, device=device)
     run = load_run(out/"run", device)
     table = probe_run(run, out/"probe", families=("linear",) if quick else ("linear", "nonlinear"), device=device, progress=progress)
     sample = sample_run(run, out/"sample", n=sz["n"], epochs=sz["ft_epochs"], populations=sz["populations"], k=sz["k"],
@@ -329,7 +329,8 @@ def demo_report(res:dict)->str:
     arows = [f"| {m} | " + " | ".join(f"{acc[m][e]:.3f} ± {acc[m][e + '_std']:.3f}" for e in eps) + " |" for m in acc]
     return "\n".join([
         "# sane_nb demo report", "",
-        f"Zoo: {res['zoo']} (digits, one training setting, many seeds). SANE: preset `{run['preset']}` with contrastive weight γ {run.get('gamma', 0.05)} (published 0.05), "
+        f"Zoo: {res['zoo']} (digits, one training setting, many seeds). SANE: preset `{run['preset']}`, latent {run['config']['lat_dim']} per "
+        f"token of {run['config']['tokensize']}, contrastive weight γ {run.get('gamma', 0.05)} (published: the preset's latent, γ 0.05), "
         f"{run['steps']} steps, loss {run['loss_first']:.3f} -> {run['loss_last']:.3f}. Total {res['seconds']:.0f} s.", "",
         "## Did SANE learn?", "",
         f"Measured on the validation models ({'every check passed' if d.learned else '**not every check passed: read the numbers below with that in mind**'}). "
