@@ -58,6 +58,7 @@ def bench_zoo(
     min_acc:float=0.5,     # statistics and SANE training data: checkpoints at least this accurate (second half of training)
     denoise:bool=False,    # train a denoising SANE (reconstructs the views before noise; not published)
     gamma:float=0.05,      # contrastive weight γ of the SANE's loss (published 0.05)
+    lat_dim:int=32,        # latent width per token of 73 (published 32; `sane_pretrain`'s default, half the token, is 36)
 )->dict:
     "The sampling benchmark on one digits zoo"
     sz, data = SIZES[quick], load_digits()
@@ -81,7 +82,7 @@ def bench_zoo(
     prompts = [sds[i] for i in prompt_ids]
     make_model = lambda: make_net(zoo.arch["arch"], **{**zoo.arch["kwargs"], "act": act})
     N, T = prompt_tokens(prompts[:1], stats, 0)[0].shape[1:]     # one token per neuron: 48 tokens of up to 73 weights
-    cfg = SaneConfig(tokensize=T, d_model=128, n_heads=4, n_layers=2, lat_dim=32, windowsize=N, max_positions=[N, 8, 32])
+    cfg = SaneConfig(tokensize=T, d_model=128, n_heads=4, n_layers=2, lat_dim=lat_dim, windowsize=N, max_positions=[N, 8, 32])
     t0 = time.time()
     sane, _ = pretrain_on_zoo(checkpoint_token_zoo([sds[i] for i in good], stats, cfg.tokensize), cfg, steps=sz["steps"],
                               bs=sz["bs"], lr=1e-3, denoise=denoise, gamma=gamma, progress=False)
@@ -121,14 +122,15 @@ def run(
     quick:bool=False,      # reduced sizes (about 3 minutes on 2 cores)
     out:str|None=None,     # also write the summary here (JSON)
     denoise:bool=False,    # train a denoising SANE (reconstructs the views before noise; not published)
-    gamma:float=0.05,      # contrastive weight γ of the SANE's loss (published 0.05; the demo's zoo needs 0.5)
+    gamma:float=0.05,      # contrastive weight γ of the SANE's loss (published 0.05; `sane_pretrain`'s default 0.3)
+    lat_dim:int=32,        # the SANE's latent width per token of 73 (published 32; `sane_pretrain`'s default 36)
 )->dict:
     "Run the sampling benchmark on a digits seed zoo and a hyperparameter zoo; returns the summary (`sane_bench` prints it as a table and one JSON line)"
-    check_options("sane_bench sample", gamma=(gamma, "[0,1]"))   # before minutes of work
+    check_options("sane_bench sample", gamma=(gamma, "[0,1]"), lat_dim=(lat_dim, "int>=1"))   # before minutes of work
     torch.set_num_threads(1)
     t0 = time.time()
-    res = {kind: bench_zoo(kind, quick, denoise=denoise, gamma=gamma) for kind in ("seed", "hyper")}
-    res |= {"quick": quick, "denoise": denoise, "gamma": gamma, "seconds": round(time.time() - t0, 1), "dataset": "digits", "arch": "cnn_digits"}
+    res = {kind: bench_zoo(kind, quick, denoise=denoise, gamma=gamma, lat_dim=lat_dim) for kind in ("seed", "hyper")}
+    res |= {"quick": quick, "denoise": denoise, "gamma": gamma, "lat_dim": lat_dim, "seconds": round(time.time() - t0, 1), "dataset": "digits", "arch": "cnn_digits"}
     if out is not None: save_json(res, out)
     return res
 
@@ -157,6 +159,6 @@ def compare_markdown(
 
 def markdown(res:dict)->str:
     "What `sane_bench sample` prints above the JSON"
-    g = res.get("gamma", 0.05)
-    name = ", ".join(["denoising"]*bool(res.get("denoise")) + [f"γ {g}"]*(g != 0.05)) or "published"
+    g, lat = res.get("gamma", 0.05), res.get("lat_dim", 32)   # (summaries from before these options ran with 0.05 and 32)
+    name = ", ".join(["denoising"]*bool(res.get("denoise")) + [f"γ {g}"]*(g != 0.05) + [f"latent {lat}"]*(lat != 32)) or "published"
     return compare_markdown({name: res})
