@@ -212,7 +212,7 @@ def _run_table(info:dict, out:str, where:str)->str:
 def sane_pretrain(
     zoo:str,                  # zoo folder (native or published Model Zoos layout)
     out:str,                  # run folder to create (or resume)
-    preset:str="digits",      # SANE size: tiny, small, digits (the published small-CNN SANE), paper_cnn, paper_resnet18
+    preset:str="digits",      # SANE size: tiny, small, digits (the published small-CNN SANE), paper_cnn, paper_resnet18; the latent and γ come from --lat_dim and --gamma (published: --lat_dim 0 --gamma 0.05)
     steps:int=1000,           # optimisation steps
     bs:int=16,                # batch size
     lr:float=1e-3,            # peak learning rate

@@ -189,7 +189,7 @@ class Diagnosis:
         reachable = 10*self.retrieval["top1_chance"] < 1     # as `checks` decides it
         if (not c["retrieval"][2] and reachable) or not c["contrastive"][2]:
             out.append("retrieval / contrastive: the two views of a model are not told apart from other models; train "
-                       "longer, on more models, or with a larger contrastive weight gamma (0.3-0.5; published 0.05)")
+                       "longer, on more models, or with a larger contrastive weight gamma (0.3, sane_pretrain's default, to 0.5; published 0.05)")
         if "floor" in c and not c["floor"][2]:
             out.append("floor: the embedding reads test accuracy no better than an untrained SANE's (a wider latent raises "
                        "that floor too); on 100-model digits zoos a contrastive weight gamma of 0.3 (published 0.05) with a "

@@ -75,8 +75,9 @@ def pretrain_run(
                   lr=(lr, "float>0"), tokensize=(tokensize, "int>=0"), windowsize=(windowsize, "int>=0|None"),
                   min_acc=(min_acc, "[0,1]"), min_epoch=(min_epoch, "int>=0"), seed=(seed, "int>=0"), token_stats=(token_stats, (True, False)),
                   gamma=(gamma, "[0,1]"))
-    if not (lat_dim == "half" or (isinstance(lat_dim, int) and not isinstance(lat_dim, bool) and lat_dim >= 0)):
+    if not (lat_dim == "half" or (isinstance(lat_dim, (int, np.integer)) and not isinstance(lat_dim, bool) and lat_dim >= 0)):
         raise ValueError(f"pretrain_run: option 'lat_dim' must be 'half' or an integer >= 0, got {lat_dim!r}")
+    lat_dim = lat_dim if lat_dim == "half" else int(lat_dim)
     out, zoo_path = Path(out), Path(zoo).resolve()
     if not zoo_path.exists(): raise FileNotFoundError(f"pretrain_run: no zoo folder at {zoo_path}")
     settings = dict(zoo=str(zoo_path), preset=preset, steps=steps, bs=bs, lr=lr, tokensize=tokensize,
@@ -124,8 +125,9 @@ def _finished(out, settings, check_only:bool=False)->bool:
     if diff and latest_checkpoint(out/"sane") is None:   # a run that stopped before training: nothing to keep
         if not check_only: shutil.rmtree(out/"tokens", ignore_errors=True)
         return False
-    if diff: raise ValueError(f"{out} holds another run (differs in {diff}): delete that folder to train this one there, "
-                              "or use another folder")
+    if diff: raise ValueError(f"{out} holds another run (differs in {diff}): to resume or reuse it, give its settings ("
+                              + ", ".join(f"{k}={o!r}" for k, (o, _) in diff.items()) + "); to train this one, delete that folder "
+                              "or use another")
     return "config" in old
 
 def _tokens(zoo, dest, tokensize, split, progress):
@@ -333,11 +335,12 @@ def demo_report(res:dict)->str:
         f"token of {run['config']['tokensize']}, contrastive weight γ {run.get('gamma', 0.05)} (published: the preset's latent, γ 0.05), "
         f"{run['steps']} steps, loss {run['loss_first']:.3f} -> {run['loss_last']:.3f}. Total {res['seconds']:.0f} s.", "",
         "## Did SANE learn?", "",
-        f"Measured on the validation models ({'every check passed' if d.learned else '**not every check passed: read the numbers below with that in mind**'}). "
+        f"{'Every check passed' if d.learned else '**Not every check passed: read the numbers below with that in mind**'}. "
         "`retrieval`: how often the two views of a model (one randomly permuted, both noisy) find each other among "
         "a batch whose windows all sit at the same place in the model, against 10x chance; `reconstruction`: error power "
-        "/ signal power of the most accurate quarter of the models; `floor`: best linear R² on test accuracy of the trained "
-        "SANE against the same SANE untrained.", "",
+        "/ signal power of the most accurate quarter of the models (both on the validation models); `floor`: best linear R² "
+        "on test accuracy of the trained SANE against the same SANE untrained (probes fitted on the training models, scored "
+        "on the test models).", "",
         d._repr_markdown_(), "",
         "## Property prediction (linear ridge probe, R² on the test split)", "",
         "How much of each property's variance across held-out models a linear probe on each representation explains "
