@@ -41,7 +41,9 @@ SIZES = {"full": dict(zoo=ZOO, transfer=TRANSFER, run=RUN, sample=SAMPLE),
          "lat32": dict(zoo=ZOO, transfer=TRANSFER, run=PUBLISHED, sample=SAMPLE),   # ablation: the preset's latent (shipped until 2026-12-01)
          "lat64": dict(zoo=ZOO, transfer=TRANSFER, run={**RUN, "lat_dim": 64}, sample=SAMPLE),   # ablation: a latent twice as wide as that
          "long": dict(zoo=ZOO, transfer=TRANSFER, run={**PUBLISHED, "steps": 4500}, sample=SAMPLE),   # latent 32, 1.5x the steps
-         "tokstats": dict(zoo=ZOO, transfer=TRANSFER, run={**PUBLISHED, "token_stats": True}, sample=SAMPLE)}   # latent 32, token statistics
+         "tokstats": dict(zoo=ZOO, transfer=TRANSFER, run={**PUBLISHED, "token_stats": True}, sample=SAMPLE),   # latent 32, token statistics
+         "defaults": dict(zoo=ZOO, transfer=TRANSFER, run={**RUN, "lat_dim": "half", "gamma": 0.3}, sample=SAMPLE)}   # sane_pretrain's
+                         # defaults (latent 100 of 201, γ 0.3), chosen on digits zoos: are they better here too?
 
 def commands(size:dict)->dict:
     "The console commands that make this size's zoo and SANE (they give exactly what `sane_nb.bench.pretrained.run` makes; ZOO, RUN are folders)"
