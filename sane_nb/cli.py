@@ -233,6 +233,8 @@ def sane_pretrain(
     width = lambda v: int(v) if isinstance(v, str) and v.strip().lstrip("-").isdigit() else v   # "36" -> 36; "half" stays
     info, where = _run("pretrain_run", lambda lat_dim, **o: pretrain_run(lat_dim=width(lat_dim), **o), given, sane_pretrain)
     if "config" in info: print(_run_table(info, out, where))   # under torchrun: rank 0 reports
+    from sane_nb.distributed import finish_distributed
+    finish_distributed(exit=True)   # under torchrun: end here, not in the interpreter's teardown (07b_distributed)
 
 # %% ../nbs/api/10b_cli.ipynb #42a3ddb9
 @call_parse

@@ -4,7 +4,7 @@
 
 # %% ../nbs/api/07b_distributed.ipynb #e548b745
 from __future__ import annotations
-import os
+import os, sys
 from datetime import timedelta
 
 import torch
@@ -38,9 +38,14 @@ def rank()->int:
     "This process's rank (0 when not distributed); rank 0 writes checkpoints, logs and progress"
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
-def finish_distributed():
+def finish_distributed(
+    exit:bool=False,   # under torchrun, then end the process at once (status 0, stdout and stderr flushed)
+):
     "Leave the process group: wait for every rank, then destroy it; nothing without torchrun. Call it last in a torchrun script"
     if dist.is_available() and dist.is_initialized(): dist.barrier(); dist.destroy_process_group()
+    if exit and "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:   # torchrun's, as `init_distributed` reads it:
+                                                           # skip the interpreter's teardown, where gloo's threads can abort
+        sys.stdout.flush(); sys.stderr.flush(); os._exit(0)
 
 # %% ../nbs/api/07b_distributed.ipynb #fc5fc49a
 class _GatherWithGrad(torch.autograd.Function):

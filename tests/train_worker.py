@@ -39,7 +39,7 @@ def main():
     tdl, vdl = synthetic_loaders(cfg, bs=a.bs, n_train=a.n_train, n_valid=16, **fixed)
     cbs = [KillAt(a.kill_at)] if a.kill_at else []
     pretrain(cfg, tdl, vdl, epochs=a.epochs, lr=3e-3, out=a.out, every=a.every, device="cpu", progress=False, cbs=cbs)
-    finish_distributed()   # under torchrun: leave the process group before the interpreter's shutdown
+    finish_distributed(exit=True)   # under torchrun: leave the process group and end here, not in the interpreter's teardown
 
 
 if __name__ == "__main__": main()
