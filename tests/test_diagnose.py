@@ -35,6 +35,7 @@ def test_default_sane_is_not_solvable_by_position(tz, trained):
     r = shared_offset_retrieval(trained, tz, "train", bs=32, seed=1)
     assert r["nt_xent"] < math.log(2*r["bs"] - 1) - 0.5, r
     assert r["top1"] >= 10*r["top1_chance"], r
+    assert r["top1_models"] >= 10*r["top1_models_chance"] and r["top1_models"] >= r["top1"], r
 
 
 def test_untrained_sane_fails_the_checks(tz, trained):
@@ -55,6 +56,7 @@ def test_windows_at_their_own_offsets_are_a_shortcut(tz):
     own = shared_offset_retrieval(sane, tz16, "train", offsets="sample")
     shared = shared_offset_retrieval(sane, tz16, "train")
     assert own["top1"] > 10*own["top1_chance"] and shared["top1"] < own["top1"]/3, (own, shared)
+    assert shared["top1_models"] < 10*shared["top1_models_chance"], shared   # other models' views: still below the bar
 
 
 def test_bottleneck_warning():

@@ -89,7 +89,8 @@ def bench_pipeline(
         sane = learn.raw_model.eval()
         d = diagnose(sane, tz, "test", floor=False, halo=64)   # the held-out models of the zoo
         res["diagnosis"] = {"recon_test": d.reconstruction["overall"], "retrieval_top1": d.retrieval["top1"],
-                            "retrieval_top1_chance": d.retrieval["top1_chance"], "nt_xent": d.retrieval["nt_xent"],
+                            "retrieval_top1_chance": d.retrieval["top1_chance"], "retrieval_top1_models": d.retrieval["top1_models"],
+                            "retrieval_top1_models_chance": d.retrieval["top1_models_chance"], "nt_xent": d.retrieval["nt_xent"],
                             "nt_xent_chance": d.retrieval["nt_xent_chance"], "latent_between_model_share": d.variance["latent"],
                             "checks_passed": {k: ok for k, (_, _, ok) in d.checks().items()}}
         toks = tz.tokens[torch.as_tensor(last)]

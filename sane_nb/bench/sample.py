@@ -92,7 +92,7 @@ def bench_zoo(
     if not held_good: warnings.warn(f"bench_sample: no validation checkpoint of the {kind} zoo is good enough; diagnosing on training checkpoints")
     with tempfile.TemporaryDirectory() as tmp:
         tz = checkpoint_token_zoo([sds[i] for i in good] + [held[i] for i in held_good], stats, cfg.tokensize, tmp,
-                                  [{"test_acc": P["test_acc"][i]} for i in good + held_good], n_train=len(good))
+                                  [{"test_acc": P["test_acc"][i], "model_id": P["model_id"][i]} for i in good + held_good], n_train=len(good))
         diag = diagnose(sane, tz, split="val", floor=False).to_dict()
     rec = relative_error(reconstruct(sane, prompts, stats), prompts)
     res = compare_inits(sane, prompts, stats, make_model, data, n=sz["n"], epochs=sz["ft_epochs"],
@@ -146,13 +146,14 @@ def compare_markdown(
     out = ["| zoo | run | " + " | ".join(t for _, t in _INITS) + " |", "|---|---|" + "---|"*len(_INITS)]
     for zoo in ("seed", "hyper"):
         out += [f"| {zoo} | {name} | " + " | ".join(cell(r[zoo]["acc"][k]) for k, _ in _INITS) + " |" for name, r in runs.items()]
-    out += ["", "| zoo | run | prompt reconstruction (mean / worst) | " + " | ".join(["retrieval top-1 (chance)", "NT-Xent (chance)",
-            "best-quartile reconstruction", "learned"]) + " |", "|---|---|---|---|---|---|---|"]
+    out += ["", "| zoo | run | prompt reconstruction (mean / worst) | " + " | ".join(["retrieval top-1: among other models (chance) / among all (chance)",
+            "NT-Xent (chance)", "best-quartile reconstruction", "learned"]) + " |", "|---|---|---|---|---|---|---|"]
     for zoo in ("seed", "hyper"):
         for name, r in runs.items():
             z, d = r[zoo], r[zoo]["diagnosis"]
             ret = d["retrieval"]
-            out.append(f"| {zoo} | {name} | {z['recon_rel_err']:.3f} / {z['recon_rel_err_max']:.3f} | {ret['top1']:.3f} ({ret['top1_chance']:.3f}) "
+            models = f"{ret['top1_models']:.3f} ({ret['top1_models_chance']:.3f})" if "top1_models" in ret else "–"   # (not measured before)
+            out.append(f"| {zoo} | {name} | {z['recon_rel_err']:.3f} / {z['recon_rel_err_max']:.3f} | {models} / {ret['top1']:.3f} ({ret['top1_chance']:.3f}) "
                        f"| {ret['nt_xent']:.2f} ({ret['nt_xent_chance']:.2f}) | {min(d['reconstruction']['by_quartile']):.3f} "
                        f"| {'yes' if d['learned'] else 'no'} |")
     return "\n".join(out)
