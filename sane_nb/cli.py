@@ -49,7 +49,7 @@ def sane_bench(
     token_stats:bool=False, # feed each token's mean and rms to the SANE's tokenizer, an ablation (parity)
     denoise:bool=False, # train a denoising SANE: it reconstructs the views before noise, an ablation (sample)
     gamma:float=None, # contrastive weight γ (sample: of the SANE's loss, as sane_pretrain --gamma; parity: the published γ, converted for padding)
-    lat_dim:int=None, # latent width per token (sample: published 32)
+    lat_dim:int=None, # latent width per token (sample: published 32; resnet18: 128 of 288, the paper's)
     dest:str=None, # copy what the benchmark makes here (pretrained: the SANE folder, only if it passed its diagnostics)
 ):
     "Benchmark one stage of SANE; the last line printed is the summary as JSON"

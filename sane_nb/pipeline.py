@@ -337,7 +337,7 @@ def demo_report(res:dict)->str:
         "## Did SANE learn?", "",
         f"{'Every check passed' if d.learned else '**Not every check passed: read the numbers below with that in mind**'}. "
         "`retrieval`: how often the two views of a model (one randomly permuted, both noisy) find each other among "
-        "a batch whose windows all sit at the same place in the model, against 10x chance; `reconstruction`: error power "
+        "the other models' views in a batch whose windows all sit at the same place in the model, against 10x chance; `reconstruction`: error power "
         "/ signal power of the most accurate quarter of the models (both on the validation models); `floor`: best linear R² "
         "on test accuracy of the trained SANE against the same SANE untrained (probes fitted on the training models, scored "
         "on the test models).", "",
