@@ -50,13 +50,15 @@ def sane_bench(
     denoise:bool=False, # train a denoising SANE: it reconstructs the views before noise, an ablation (sample)
     gamma:float=None, # contrastive weight γ (sample: of the SANE's loss, as sane_pretrain --gamma; parity: the published γ, converted for padding)
     lat_dim:int=None, # latent width per token (sample: published 32; resnet18: 128 of 288, the paper's)
+    bandwidth:float=None, # the samples' KDE bandwidth in units of the prompts' latent std (sample: 0.2)
     dest:str=None, # copy what the benchmark makes here (pretrained: the SANE folder, only if it passed its diagnostics)
 ):
     "Benchmark one stage of SANE; the last line printed is the summary as JSON"
     try: mod = bench_module(stage)
     except ValueError as e: raise SystemExit(f"sane_bench: {e}") from None
     kw = {k: v for k, v in dict(size=size, variants=tuple(variants.split(",")) if variants else None, stats_head=stats_head,
-                                token_stats=token_stats or None, denoise=denoise or None, gamma=gamma, lat_dim=lat_dim, dest=dest).items()
+                                token_stats=token_stats or None, denoise=denoise or None, gamma=gamma, lat_dim=lat_dim,
+                                bandwidth=bandwidth, dest=dest).items()
           if v is not None}
     if bad := [k for k in kw if k not in inspect.signature(mod.run).parameters]:
         raise SystemExit(f"sane_bench {stage}: this benchmark has no option {', '.join('--' + k for k in bad)}")

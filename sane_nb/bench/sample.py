@@ -59,6 +59,7 @@ def bench_zoo(
     denoise:bool=False,    # train a denoising SANE (reconstructs the views before noise; not published)
     gamma:float=0.05,      # contrastive weight γ of the SANE's loss (published 0.05)
     lat_dim:int=32,        # latent width per token of 73 (published 32; `sane_pretrain`'s default, half the token, is 36)
+    bandwidth:float=0.2,   # the samples' KDE bandwidth, in units of the prompts' latent std (`sample_models`; 0.2 here throughout)
 )->dict:
     "The sampling benchmark on one digits zoo"
     sz, data = SIZES[quick], load_digits()
@@ -96,9 +97,9 @@ def bench_zoo(
         diag = diagnose(sane, tz, split="val", floor=False).to_dict()
     rec = relative_error(reconstruct(sane, prompts, stats), prompts)
     res = compare_inits(sane, prompts, stats, make_model, data, n=sz["n"], epochs=sz["ft_epochs"],
-                        populations=sz["populations"], k=4*sz["n"], init=P["init"][prompt_ids[0]])
+                        populations=sz["populations"], k=4*sz["n"], init=P["init"][prompt_ids[0]], sample_kw=dict(bandwidth=bandwidth))
     train_data, val = holdout(data)
-    s = sample_models(sane, prompts, sz["n"], stats, make_model, bn_x=train_data.x_train, val=val, k=4*sz["n"], seed=0)
+    s = sample_models(sane, prompts, sz["n"], stats, make_model, bn_x=train_data.x_train, val=val, k=4*sz["n"], seed=0, bandwidth=bandwidth)
     noisy, _ = noise_baseline(prompts, s.state_dicts, seed=0)
     zoo_ids = [i for i in sds if P["act"][i] == act]
     audit = novelty_audit(s.state_dicts, noisy, [sds[i] for i in zoo_ids], make_model, data.x_test, data.y_test,
@@ -106,7 +107,7 @@ def bench_zoo(
     transfer = {}
     for name, task in (("classes_5-9", class_subset(data, [5, 6, 7, 8, 9])), ("transposed", transpose_images(data))):
         t = compare_inits(sane, prompts, stats, make_model, task, n=sz["n"], epochs=sz["ft_epochs"], populations=1,
-                          k=4*sz["n"], init=P["init"][prompt_ids[0]])
+                          k=4*sz["n"], init=P["init"][prompt_ids[0]], sample_kw=dict(bandwidth=bandwidth))
         transfer[name] = summarize(t, (0, 1, sz["ft_epochs"]))
     modes = {}
     for mode, bw, rel in (("joint", 0.2, True), ("joint", 0.0, True), ("token", 0.2, True), ("published", 0.2, False)):
@@ -124,13 +125,14 @@ def run(
     denoise:bool=False,    # train a denoising SANE (reconstructs the views before noise; not published)
     gamma:float=0.05,      # contrastive weight γ of the SANE's loss (published 0.05; `sane_pretrain`'s default 0.3)
     lat_dim:int=32,        # the SANE's latent width per token of 73 (published 32; `sane_pretrain`'s default 36)
+    bandwidth:float=0.2,   # the samples' KDE bandwidth in units of the prompts' latent std (0.2 throughout this page unless named)
 )->dict:
     "Run the sampling benchmark on a digits seed zoo and a hyperparameter zoo; returns the summary (`sane_bench` prints it as a table and one JSON line)"
-    check_options("sane_bench sample", gamma=(gamma, "[0,1]"), lat_dim=(lat_dim, "int>=1"))   # before minutes of work
+    check_options("sane_bench sample", gamma=(gamma, "[0,1]"), lat_dim=(lat_dim, "int>=1"), bandwidth=(bandwidth, "float>0"))   # before minutes of work
     torch.set_num_threads(1)
     t0 = time.time()
-    res = {kind: bench_zoo(kind, quick, denoise=denoise, gamma=gamma, lat_dim=lat_dim) for kind in ("seed", "hyper")}
-    res |= {"quick": quick, "denoise": denoise, "gamma": gamma, "lat_dim": lat_dim, "seconds": round(time.time() - t0, 1), "dataset": "digits", "arch": "cnn_digits"}
+    res = {kind: bench_zoo(kind, quick, denoise=denoise, gamma=gamma, lat_dim=lat_dim, bandwidth=bandwidth) for kind in ("seed", "hyper")}
+    res |= {"quick": quick, "denoise": denoise, "gamma": gamma, "lat_dim": lat_dim, "bandwidth": bandwidth, "seconds": round(time.time() - t0, 1), "dataset": "digits", "arch": "cnn_digits"}
     if out is not None: save_json(res, out)
     return res
 
@@ -161,5 +163,7 @@ def compare_markdown(
 def markdown(res:dict)->str:
     "What `sane_bench sample` prints above the JSON"
     g, lat = res.get("gamma", 0.05), res.get("lat_dim", 32)   # (summaries from before these options ran with 0.05 and 32)
-    name = ", ".join(["denoising"]*bool(res.get("denoise")) + [f"γ {g}"]*(g != 0.05) + [f"latent {lat}"]*(lat != 32)) or "published"
+    bw = res.get("bandwidth", 0.2)
+    name = ", ".join(["denoising"]*bool(res.get("denoise")) + [f"γ {g}"]*(g != 0.05) + [f"latent {lat}"]*(lat != 32)
+                     + [f"bandwidth {bw}"]*(bw != 0.2)) or "published"
     return compare_markdown({name: res})
