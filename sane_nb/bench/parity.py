@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core import cache_path, save_json, load_json, spawn_map
+from ..core import cache_path, save_json, load_json, spawn_map, check_options
 from ..zoo import make_zoo
 from ..model import SaneConfig, fit_config
 from ..dataset import tokenize_zoo, token_loaders
@@ -117,6 +117,7 @@ def run(
     gamma:float=0.05,      # the published γ (converted with `padding_gamma`)
     stats_head:float=0.0,  # weight of the auxiliary row-statistics head (0: the published SANE; an ablation otherwise)
     token_stats:bool=False, # feed each token's mean and rms to the tokenizer (False: the published SANE; an ablation)
+    lat_dim:int=0,         # latent per token of 73 (0: the preset's 32, published; sane_pretrain's default is 36)
     n_workers:int=2,       # seeds trained side by side (one thread each)
     size:str|None=None,    # a key of `SIZES`, overriding `quick` ("hyper": the digits hyperparameter zoo)
 )->dict:
@@ -127,14 +128,16 @@ def run(
     folder = Path(folder or cache_path()/"bench_parity")
     zoo_dir = folder/f"{size['zoo']['kind']}_{size['zoo']['n_models']}x{size['zoo']['epochs']}"
     make_zoo(zoo_dir, **size["zoo"], n_workers=2, progress=False)
-    ablation = {k: v for k, v in dict(stats_head=stats_head, token_stats=token_stats).items() if v}
-    tag = f"{name}_g{gamma}" + (f"_stats{stats_head}" if stats_head else "") + ("_tokstats" if token_stats else "")
+    check_options("sane_bench parity", lat_dim=(lat_dim, "int>=0"))
+    ablation = {k: v for k, v in dict(stats_head=stats_head, token_stats=token_stats, lat_dim=lat_dim).items() if v}
+    tag = (f"{name}_g{gamma}" + (f"_stats{stats_head}" if stats_head else "") + ("_tokstats" if token_stats else "")
+           + (f"_l{lat_dim}" if lat_dim else ""))
     jobs = [(zoo_dir, s, size["epochs"], gamma, ablation, folder/"results"/f"{tag}_s{s}.json") for s in seeds]
     from sane_nb.bench import parity as lib   # the module's `_one`, importable by the workers (also when run from a notebook)
     results = spawn_map(lib._one, jobs, n_workers)
     summary = dict(summary=parity_summary(results), published=PUBLISHED,
                    meta=dict(size=name, zoo=size["zoo"], epochs=size["epochs"], seeds=list(seeds), gamma=gamma, stats_head=stats_head,
-                             token_stats=token_stats,
+                             token_stats=token_stats, lat_dim=lat_dim or 32,
                              gamma_used=[r["gamma_used"] for r in results], n_steps=results[0]["n_steps"],
                              time_s=[r["time_s"] for r in results]), total_s=time.time() - t0)
     if out is not None: save_json(summary, out)
