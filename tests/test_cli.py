@@ -72,8 +72,12 @@ def test_clear_errors(tmp_path):
     assert "sane_bench zoo: this benchmark has no option --variants" in res.stderr and "Traceback" not in res.stderr
     res = sh("sane_bench", "probe", "--gamma", "0.5", ok=False)   # γ is an option of sample and parity; probe has variants
     assert "sane_bench probe: this benchmark has no option --gamma" in res.stderr and "Traceback" not in res.stderr
-    from sane_nb.bench import sample, parity
+    from sane_nb.bench import sample, parity, resnet18
     assert "gamma" in inspect.signature(sample.run).parameters and "gamma" in inspect.signature(parity.run).parameters
+    assert all("lat_dim" in inspect.signature(m.run).parameters for m in (sample, parity, resnet18))
+    assert "bandwidth" in inspect.signature(sample.run).parameters
+    res = sh("sane_bench", "zoo", "--bandwidth", "0.1", ok=False)
+    assert "sane_bench zoo: this benchmark has no option --bandwidth" in res.stderr and "Traceback" not in res.stderr
     res = sh("sane_bench", "probe", "--size", "huge", ok=False)
     assert "unknown size 'huge'" in res.stderr and "Traceback" not in res.stderr
     res = sh("sane_bench", "probe", "--variants", "sane,magic", ok=False)
