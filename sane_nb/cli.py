@@ -67,8 +67,9 @@ def sane_bench(
         raise SystemExit(f"sane_bench {stage}: unknown size {size!r}; choose one of {sorted(getattr(mod, 'SIZES', {}))}")
     if bad := [v for v in kw.get("variants", ()) if v not in getattr(mod, "VARIANTS", {})]:
         raise SystemExit(f"sane_bench {stage}: unknown variants {bad}; choose from {sorted(getattr(mod, 'VARIANTS', {}))}")
-    from sane_nb.core import to_json
-    summary = mod.run(quick=quick, out=out, **kw)
+    from sane_nb.core import to_json, OptionError
+    try: summary = mod.run(quick=quick, out=out, **kw)
+    except OptionError as e: raise SystemExit(f"{e}") from None   # a bad value, named, before (or instead of) the work
     print(getattr(mod, "markdown", _leaves_table)(summary), end="\n\n")
     print(to_json(summary))   # strict JSON, one line, last: what scripts parse
 

@@ -16,7 +16,7 @@ from fastprogress.fastprogress import progress_bar
 # %% auto #0
 __all__ = ['OPTION_KINDS', 'seed_everything', 'torch_threads', 'cpu_count', 'set_threads', 'spawn_map', 'interactive', 'progress',
            'default_device', 'sane_home', 'data_path', 'cache_path', 'atomic_write', 'clean_orphans', 'to_json',
-           'save_json', 'load_json', 'save_tensors', 'load_tensors', 'load_torch', 'check_options']
+           'save_json', 'load_json', 'save_tensors', 'load_tensors', 'load_torch', 'OptionError', 'check_options']
 
 # %% ../nbs/api/00_core.ipynb #8fc90bf2
 def seed_everything(
@@ -284,12 +284,15 @@ OPTION_KINDS = {  # name -> (what it accepts, test)
     "str": ("a string", lambda v: isinstance(v, str)),
 }
 
+class OptionError(ValueError):
+    "A value outside what an option accepts; the message names the option, so commands print it as one line"
+
 def check_options(
     where:str,     # the function or command, for the message
     **opts,        # name=(value, kind): kind a key of `OPTION_KINDS`, or a tuple of accepted values
 ):
-    "Raise one `ValueError` naming the first option whose value has the wrong type or lies outside its range"
+    "Raise one `OptionError` (a `ValueError`) naming the first option whose value has the wrong type or lies outside its range"
     for name, (v, kind) in opts.items():
         if isinstance(kind, tuple): desc, ok = f"one of {', '.join(map(repr, kind))}", v in kind
         else: desc, ok = OPTION_KINDS[kind][0], OPTION_KINDS[kind][1](v)
-        if not ok: raise ValueError(f"{where}: option {name!r} must be {desc}, got {v!r}")
+        if not ok: raise OptionError(f"{where}: option {name!r} must be {desc}, got {v!r}")
