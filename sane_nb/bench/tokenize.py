@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..core import save_json, torch_threads
 from ..nets import make_net, randomize_bn
@@ -146,7 +145,6 @@ def run(
     out:str|None=None,      # also write the summary JSON here
 )->dict:
     "Measure the tokenize stage; returns the summary (`sane_bench` prints it as a table and one JSON line)"
-    import json
     with torch_threads(1):
         res = {"stage": "tokenize", "quick": quick, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": 1,

@@ -4,9 +4,8 @@
 
 # %% ../../nbs/bench/00_zoo.ipynb #eadcd111
 from __future__ import annotations
-import json, resource, tempfile, time
+import resource, tempfile, time
 import numpy as np
-import torch
 from ..core import save_json, torch_threads
 from ..data import load_dataset
 from ..population import train_one, train_population
