@@ -4,7 +4,7 @@
 
 # %% ../nbs/api/01_data.ipynb #b05cf3c5
 from __future__ import annotations
-import gzip, os, struct
+import gzip, struct
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path

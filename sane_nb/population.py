@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 from .data import ImageData
 from pathlib import Path
-from .core import default_device, save_json, load_json, save_tensors, load_tensors
+from .core import save_json, load_json, save_tensors, load_tensors
 from .nets import ACTIVATIONS, ActDropout, ZooCNN, make_net, accuracy
 
 # %% auto #0

@@ -4,7 +4,7 @@
 
 # %% ../nbs/api/08_probe.ipynb #6e2384cc
 from __future__ import annotations
-import math, warnings
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn, Tensor
 
 from .tokenize import tokenize, detokenize, token_layout, layout_mask_pos, LayerStats, standardize, destandardize
-from .nets import accuracy, predictions, _outputs   # scoring networks lives with the networks
+from .nets import accuracy   # scoring networks lives with the networks
 from .model import SaneConfig, SANE
 from .train import pretrain_on_zoo
 from .dataset import tokenize_zoo
