@@ -12,7 +12,7 @@ import torch
 
 from ..core import cache_path, save_json, load_json, spawn_map, check_options
 from ..zoo import make_zoo
-from ..model import SaneConfig, fit_config
+from ..model import SaneConfig, fit_config, PRESETS
 from ..dataset import tokenize_zoo, token_loaders
 from ..train import pretrain
 from ..probe import representations, predict_properties
@@ -137,7 +137,7 @@ def run(
     results = spawn_map(lib._one, jobs, n_workers)
     summary = dict(summary=parity_summary(results), published=PUBLISHED,
                    meta=dict(size=name, zoo=size["zoo"], epochs=size["epochs"], seeds=list(seeds), gamma=gamma, stats_head=stats_head,
-                             token_stats=token_stats, lat_dim=lat_dim or 32,
+                             token_stats=token_stats, lat_dim=lat_dim or PRESETS["digits"]().lat_dim,   # as `parity_config` builds it
                              gamma_used=[r["gamma_used"] for r in results], n_steps=results[0]["n_steps"],
                              time_s=[r["time_s"] for r in results]), total_s=time.time() - t0)
     if out is not None: save_json(summary, out)
