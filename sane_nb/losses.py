@@ -13,9 +13,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from .model import SANE, SaneConfig
 from .distributed import world_size, all_gather_with_grad, all_reduce_sum
+from .probe import _QUANTILES
 
 # %% auto #0
-__all__ = ['SyntheticTokens', 'synthetic_loaders', 'masked_mse', 'nt_xent', 'sane_loss', 'row_stats']
+__all__ = ['SyntheticTokens', 'synthetic_loaders', 'masked_mse', 'nt_xent', 'sane_loss', 'row_stats', 'layer_stats', 'layer_pool']
 
 # %% ../nbs/api/06b_losses.ipynb #66befb1b
 class SyntheticTokens(Dataset):
@@ -109,6 +110,11 @@ def sane_loss(
         m = mask.repeat(2, 1, 1)
         t = row_stats(xx.float(), m)
         loss = loss + core.cfg.stats_head * masked_mse(core.stats_head(z), t, m.any(-1, keepdim=True).expand_as(t))
+    if core.layer_stats_head is not None:   # the optional per-layer s(W) loss (below); not part of the published SANE
+        m, layer, L = mask.repeat(2, 1, 1), pos.repeat(2, 1, 1)[..., 1], core.cfg.max_positions[1]
+        t, present = layer_stats(xx.float(), m, layer, L)
+        zl = layer_pool(z, layer, m.any(-1), L)
+        loss = loss + core.cfg.layer_stats_head * masked_mse(core.layer_stats_head(zl), t, present[..., None].expand_as(t))
     return loss, rec, con
 
 # %% ../nbs/api/06b_losses.ipynb #b6bb9a01
@@ -121,3 +127,34 @@ def row_stats(
     n = m.sum(-1).clamp_min(1)
     mean, ms = (x*m).sum(-1)/n, (x*x*m).sum(-1)/n
     return torch.stack([mean, (ms - mean**2).clamp_min(0).sqrt(), ms.sqrt()], -1)
+
+# %% ../nbs/api/06b_losses.ipynb #e20c9479
+def layer_stats(
+    x:Tensor,      # tokens [B, N, T] (one view per row)
+    mask:Tensor,   # bool [B, N, T]: True on real entries
+    layer:Tensor,  # long [B, N]: each token's layer (`pos[..., 1]`)
+    n_layers:int,  # L: layer ids run from 0 to L-1 (`SaneConfig.max_positions[1]`)
+)->tuple[Tensor, Tensor]: # ([B, L, 7] statistics, bool [B, L]: the layer has real entries in the window)
+    "s(W) of every layer's real entries within each window: mean, variance and the quantiles of `probe.weight_stats`"
+    B, q = x.shape[0], torch.tensor(_QUANTILES, dtype=x.dtype, device=x.device)
+    out, present = x.new_zeros(B, n_layers, 2 + len(_QUANTILES)), torch.zeros(B, n_layers, dtype=torch.bool, device=x.device)
+    with torch.no_grad():
+        for l in layer.unique().tolist():
+            sel = ((layer == l)[..., None] & mask).flatten(1)           # [B, N*T]
+            has = sel.any(1)
+            v = torch.where(sel, x.flatten(1), torch.nan)[has]
+            mean = v.nanmean(1, keepdim=True)
+            var = (v - mean).pow(2).nanmean(1, keepdim=True)
+            out[has, l] = torch.cat([mean, var, torch.nanquantile(v, q, dim=1).T], 1)
+            present[has, l] = True
+    return out, present
+
+def layer_pool(
+    z:Tensor,      # latents [B, N, lat]
+    layer:Tensor,  # long [B, N]: each token's layer
+    valid:Tensor,  # bool [B, N]: real tokens (padding tokens are left out)
+    n_layers:int,  # L
+)->Tensor:         # [B, L, lat]: mean latent of each layer's tokens in the window (0 where it has none)
+    "Per-layer mean of the latents within each window (the training-time counterpart of the `sane_layers` read-out)"
+    onehot = F.one_hot(layer.long(), n_layers).to(z.dtype) * valid[..., None].to(z.dtype)   # [B, N, L]
+    return torch.einsum("bnl,bnd->bld", onehot, z) / onehot.sum(1)[..., None].clamp_min(1)

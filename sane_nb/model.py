@@ -34,6 +34,7 @@ class SaneConfig:
     proj_pool:str="flatten"    # "flatten": published head over W*lat (tied to W); "mean": mean over tokens, any length
     final_ln:bool=False        # a LayerNorm after each stack (published: none)
     stats_head:float=0.0       # weight of the auxiliary row-statistics loss (`row_stats`); 0: no head (published)
+    layer_stats_head:float=0.0 # weight of the auxiliary per-layer s(W) loss (`layer_stats`); 0: no head (published)
     token_stats:bool=False     # also feed each token's mean and root mean square to the tokenizer (`token_moments`; published: no)
 
     def __post_init__(self):
@@ -42,7 +43,8 @@ class SaneConfig:
         if self.d_model % 2: raise ValueError(f"d_model={self.d_model} must be even (position embeddings use d_model/2 each)")
         if len(self.max_positions) != 3: raise ValueError(f"max_positions needs 3 bounds (global, layer, row), got {self.max_positions}")
         if self.proj_pool not in ("flatten", "mean"): raise ValueError(f"proj_pool must be 'flatten' or 'mean', got {self.proj_pool!r}")
-        if not self.stats_head >= 0: raise ValueError(f"stats_head is a loss weight and must be >= 0, got {self.stats_head}")
+        for k in ("stats_head", "layer_stats_head"):
+            if not getattr(self, k) >= 0: raise ValueError(f"{k} is a loss weight and must be >= 0, got {getattr(self, k)}")
         if self.lat_dim >= self.tokensize:
             warnings.warn(f"SaneConfig: lat_dim={self.lat_dim} >= tokensize={self.tokensize}: no bottleneck, the autoencoder "
                           f"can copy each token through its latent (identity map) and learn nothing about models; "
@@ -215,6 +217,7 @@ class SANE(nn.Module):
         self.decoder = Transformer(cfg.n_layers, d, cfg.n_heads, cfg.dropout, cfg.final_ln)
         self.projection_head = ProjectionHead(cfg.lat_dim, cfg.windowsize, cfg.proj_dim, cfg.proj_pool)
         self.stats_head = nn.Linear(cfg.lat_dim, 3) if cfg.stats_head > 0 else None  # latent -> [mean, std, rms] of its token
+        self.layer_stats_head = nn.Linear(cfg.lat_dim, 7) if cfg.layer_stats_head > 0 else None  # layer's mean latent -> its s(W)
         self.drop = nn.Dropout(cfg.dropout)
         self.apply(_init_weights)
         for n, p in self.named_parameters():

@@ -76,6 +76,9 @@ def test_clear_errors(tmp_path):
     assert "gamma" in inspect.signature(sample.run).parameters and "gamma" in inspect.signature(parity.run).parameters
     assert all("lat_dim" in inspect.signature(m.run).parameters for m in (sample, parity, resnet18))
     assert "bandwidth" in inspect.signature(sample.run).parameters
+    assert "layer_stats_head" in inspect.signature(parity.run).parameters
+    res = sh("sane_bench", "parity", "--layer_stats_head", "-1", ok=False)  # checked before the zoo is trained
+    assert res.stderr.strip() == "sane_bench parity: option 'layer_stats_head' must be a finite number >= 0, got -1.0", res.stderr
     res = sh("sane_bench", "sample", "--gamma", "2", ok=False)             # a bad value: one line, before any work
     assert res.stderr.strip() == "sane_bench sample: option 'gamma' must be a number in [0, 1], got 2.0", res.stderr
     res = sh("sane_bench", "zoo", "--bandwidth", "0.1", ok=False)

@@ -34,7 +34,7 @@ SIZES = {"full": dict(zoo=ZOO, epochs=40),
 
 def parity_config(
     tz,                     # the tokenized zoo
-    **ablation,             # `SaneConfig` fields of an ablation (e.g. stats_head=1.0, token_stats=True); none: published
+    **ablation,             # `SaneConfig` fields of an ablation (e.g. stats_head=1.0, token_stats=True, layer_stats_head=1.0); none: published
 )->SaneConfig:
     "The published small-CNN SANE (preset `digits`: d_model 128, 4 heads, 2+2 layers, latent 32), whole model as window"
     return fit_config(tz, "digits", windowsize=0, **ablation)
@@ -117,6 +117,7 @@ def run(
     gamma:float=0.05,      # the published γ (converted with `padding_gamma`)
     stats_head:float=0.0,  # weight of the auxiliary row-statistics head (0: the published SANE; an ablation otherwise)
     token_stats:bool=False, # feed each token's mean and rms to the tokenizer (False: the published SANE; an ablation)
+    layer_stats_head:float=0.0, # weight of the auxiliary per-layer s(W) head (0: the published SANE; an ablation otherwise)
     lat_dim:int=0,         # latent per token of 73 (0: the preset's 32, published; sane_pretrain's default is 36)
     n_workers:int=2,       # seeds trained side by side (one thread each)
     size:str|None=None,    # a key of `SIZES`, overriding `quick` ("hyper": the digits hyperparameter zoo)
@@ -127,17 +128,20 @@ def run(
     size, t0 = SIZES[name], time.time()
     folder = Path(folder or cache_path()/"bench_parity")
     zoo_dir = folder/f"{size['zoo']['kind']}_{size['zoo']['n_models']}x{size['zoo']['epochs']}"
+    check_options("sane_bench parity", lat_dim=(lat_dim, "int>=0"), gamma=(gamma, "[0,1]"), stats_head=(stats_head, "float>=0"),
+                  layer_stats_head=(layer_stats_head, "float>=0"))   # before any work
     make_zoo(zoo_dir, **size["zoo"], n_workers=2, progress=False)
-    check_options("sane_bench parity", lat_dim=(lat_dim, "int>=0"))
-    ablation = {k: v for k, v in dict(stats_head=stats_head, token_stats=token_stats, lat_dim=lat_dim).items() if v}
+    ablation = {k: v for k, v in dict(stats_head=stats_head, token_stats=token_stats, lat_dim=lat_dim,
+                                      layer_stats_head=layer_stats_head).items() if v}
     tag = (f"{name}_g{gamma}" + (f"_stats{stats_head}" if stats_head else "") + ("_tokstats" if token_stats else "")
-           + (f"_l{lat_dim}" if lat_dim else ""))
+           + (f"_l{lat_dim}" if lat_dim else "") + (f"_lstats{layer_stats_head}" if layer_stats_head else ""))
     jobs = [(zoo_dir, s, size["epochs"], gamma, ablation, folder/"results"/f"{tag}_s{s}.json") for s in seeds]
     from sane_nb.bench import parity as lib   # the module's `_one`, importable by the workers (also when run from a notebook)
     results = spawn_map(lib._one, jobs, n_workers)
     summary = dict(summary=parity_summary(results), published=PUBLISHED,
                    meta=dict(size=name, zoo=size["zoo"], epochs=size["epochs"], seeds=list(seeds), gamma=gamma, stats_head=stats_head,
-                             token_stats=token_stats, lat_dim=lat_dim or PRESETS["digits"]().lat_dim,   # as `parity_config` builds it
+                             token_stats=token_stats, layer_stats_head=layer_stats_head,
+                             lat_dim=lat_dim or PRESETS["digits"]().lat_dim,   # as `parity_config` builds it
                              gamma_used=[r["gamma_used"] for r in results], n_steps=results[0]["n_steps"],
                              time_s=[r["time_s"] for r in results]), total_s=time.time() - t0)
     if out is not None: save_json(summary, out)
