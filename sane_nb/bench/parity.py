@@ -15,7 +15,7 @@ from ..zoo import make_zoo
 from ..model import SaneConfig, fit_config, PRESETS
 from ..dataset import tokenize_zoo, token_loaders
 from ..train import pretrain
-from ..probe import representations, predict_properties
+from ..probe import representations, predict_properties, embed, r2_score
 from ..diagnose import diagnose, reconstruction_error
 
 # %% auto #0
@@ -66,8 +66,13 @@ def parity_seed(
         diag = diagnose(sane, tz, "val", seed=seed)
         recon = {s: diag.reconstruction["overall"] if s == diag.split else reconstruction_error(sane, tz, s)["overall"]
                  for s in ("train", "val")}   # (the diagnosis measured its split already)
-        table = predict_properties(representations(sane, tz), tz.props, tz.splits, categorical=(), seed=seed)
-    return dict(seed=seed, gamma=gamma, gamma_used=g, **ablation, rows=list(table), diagnosis=diag.to_dict(), recon=recon,
+        feats, head = representations(sane, tz), {}
+        if sane.layer_stats_head is not None:   # its s(W) head, probed like a representation, and how close it comes to s(W)
+            with torch.no_grad(): feats["sane_head"] = sane.layer_stats_head(embed(sane, tz.tokens, tz.pos).layers.float()).flatten(1)
+            va, sw = tz.splits["val"], feats["s(W)"]   # both [n, L*7]: layer by layer, s(W)'s seven statistics
+            head = {"head_r2_val": [r2_score(sw[va, j], feats["sane_head"][va, j]) for j in range(sw.shape[1])]}
+        table = predict_properties(feats, tz.props, tz.splits, categorical=(), seed=seed)
+    return dict(seed=seed, gamma=gamma, gamma_used=g, **ablation, rows=list(table), diagnosis=diag.to_dict(), recon=recon, **head,
                 loss=[float(np.mean(learn.metrics.losses[:20])), float(np.mean(learn.metrics.losses[-20:]))],
                 n_steps=learn.step, time_s=dict(pretrain=t1 - t0, evaluate=time.time() - t1))
 
@@ -79,9 +84,9 @@ def _row(rows, rep, fam, tgt, m):
 def parity_summary(results:list)->dict:
     "Mean ± std over seeds of the numbers the published code reported, the diagnostics, and the published values"
     ms = lambda xs: [float(np.mean(xs)), float(np.std(xs))]
-    out = {}
+    out, head = {}, all("head_r2_val" in r for r in results)   # a SANE with the per-layer s(W) head (`layer_stats_head`)
     for fam in ("linear", "nonlinear"):
-        for rep in ("sane", "sane_std", "sane_layers", "s(W)", "W"):
+        for rep in ("sane", "sane_std", "sane_layers", "s(W)", "W") + (("sane_head",) if head else ()):
             for tgt in ("test_acc", "epoch", "ggap"):
                 for m in ("r2", "tau"):
                     out[f"{fam}/{rep}/{m}_{tgt}"] = ms([_row(r["rows"], rep, fam, tgt, m) for r in results])
@@ -97,6 +102,7 @@ def parity_summary(results:list)->dict:
     out["tokens_share_between_models"] = ms([x["variance"]["tokens"] for x in d])
     out["floor_trained_r2"], out["floor_random_init_r2"] = (ms([x["floor"][k] for x in d]) for k in ("trained", "random_init"))
     out["learned"] = [x["learned"] for x in d]
+    if head: out["head_r2_val_median"] = ms([np.median(r["head_r2_val"]) for r in results])   # head vs s(W), per statistic
     return out
 
 # %% ../../nbs/bench/06_parity.ipynb #c48850fb

@@ -37,7 +37,8 @@ VARIANTS = {"sane": {},                               # the published SANE
             "stats_g0.3": {"stats_head": 1.0, "gamma": 0.3},
             "tokstats": {"token_stats": True},        # each token's mean and rms fed to the tokenizer (`06_model`)
             "l40": {"lat_dim": 40},                   # a latent of 40 per token of 73 (about half, as the shipped SANE's 96 of 201)
-            "g0.3_l40": {"gamma": 0.3, "lat_dim": 40}}
+            "g0.3_l40": {"gamma": 0.3, "lat_dim": 40},
+            "lstats": {"layer_stats_head": 0.3}}     # + the auxiliary per-layer s(W) head (`06b_losses`) at weight 0.3
 
 # %% ../../nbs/bench/03_probe.ipynb #fd5ecafc
 def bench_zoo(
@@ -59,7 +60,7 @@ def probe_zoo(
     bs:int=32,            # pretraining batch size (published: 32)
     untrained:bool=True,  # also probe the same SANE before training (the floor)
     categorical=("act", "init", "optimizer"), # categorical targets (where they vary)
-    **ablation,           # `SaneConfig` fields of a variant (stats_head, token_stats; see `parity_config`); none: published
+    **ablation,           # `SaneConfig` fields of a variant (stats_head, token_stats, layer_stats_head; see `parity_config`); none: published
 )->dict:                  # {"table", "table_e1": probe rows, "diagnosis": dict, "loss": [first, last], "n_steps", "time_s"}
     "Tokenize, pretrain at the published budget, diagnose, embed and probe one zoo for one seed"
     with tempfile.TemporaryDirectory() as tmp:
