@@ -101,17 +101,17 @@ def sane_loss(
     if x.dim() != 4 or x.shape[1] != 2: raise ValueError(f"batch['x'] must be [B, 2, W, T] (two views), got {tuple(x.shape)}")
     B = x.shape[0]
     xx = x.transpose(0, 1).reshape(2*B, *x.shape[2:])     # view 1 of every sample, then view 2
-    z, y, zp = model(xx, pos.repeat(2, 1, 1))
+    m, p = mask.repeat(2, 1, 1), pos.repeat(2, 1, 1)       # ... with their masks and positions
+    z, y, zp = model(xx, p)
     target = xx if "y" not in batch else batch["y"].transpose(0, 1).reshape(xx.shape)   # denoising: the clean views
-    rec = masked_mse(y, target, mask.repeat(2, 1, 1))
+    rec = masked_mse(y, target, m)
     con = nt_xent(zp[:B], zp[B:], tau)
     loss, core = gamma*con + (1-gamma)*rec, _core(model)
     if core.stats_head is not None:   # the optional auxiliary loss (below); not part of the published SANE
-        m = mask.repeat(2, 1, 1)
         t = row_stats(xx.float(), m)
         loss = loss + core.cfg.stats_head * masked_mse(core.stats_head(z), t, m.any(-1, keepdim=True).expand_as(t))
     if core.layer_stats_head is not None:   # the optional per-layer s(W) loss (below); not part of the published SANE
-        m, layer, L = mask.repeat(2, 1, 1), pos.repeat(2, 1, 1)[..., 1], core.cfg.max_positions[1]
+        layer, L = p[..., 1], core.cfg.max_positions[1]
         t, present = layer_stats(xx.float(), m, layer, L)
         zl = layer_pool(z, layer, m.any(-1), L)
         loss = loss + core.cfg.layer_stats_head * masked_mse(core.layer_stats_head(zl), t, present[..., None].expand_as(t))
