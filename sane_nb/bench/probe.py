@@ -26,6 +26,7 @@ __all__ = ['SIZES', 'SEEDS', 'VARIANTS', 'bench_zoo', 'probe_zoo', 'aggregate', 
 SIZES = {
     "quick": dict(hyper=dict(n_models=40, epochs=5), seed=dict(n_models=40, epochs=5), epochs=10),
     "mid": dict(hyper=dict(n_models=100, epochs=6), seed=dict(n_models=100, epochs=6), epochs=40),
+    "mid_long": dict(hyper=dict(n_models=100, epochs=6), seed=dict(n_models=100, epochs=6), epochs=100), # mid's zoos, 2.5x the steps
     "full": dict(hyper=dict(n_models=300, epochs=10), seed=dict(n_models=200, epochs=10), epochs=40),
 }
 SEEDS = (0, 1, 2)
