@@ -115,7 +115,7 @@ def test_bad_options_are_one_line_naming_the_option(tmp_path):
         assert not (tmp_path/"z").exists()
     (tmp_path/"c.json").write_text('{"steps": "2"}')
     for args, name in ((["--steps", "0"], "steps"), (["--lr", "0"], "lr"), (["--bs", "-1"], "bs"), (["--gamma", "2"], "gamma"),
-                       (["--lat_dim", "-1"], "lat_dim"), (["--lat_dim", "third"], "lat_dim"),
+                       (["--lat_dim", "-1"], "lat_dim"), (["--lat_dim", "third"], "lat_dim"), (["--layer_stats_head", "-1"], "layer_stats_head"),
                        (["--config", tmp_path/"c.json"], "steps")):
         r = _cli("sane_pretrain", zoo.path, tmp_path/"run", "--preset", "tiny", *args, tmp=tmp_path)
         assert r.returncode != 0 and "Traceback" not in r.stderr and f"option '{name}'" in r.stderr, r.stderr
