@@ -20,11 +20,12 @@ __all__ = ['CONFIGS', 'BUDGET', 'SIZES', 'PROBE_REPS', 'commands', 'over_seeds',
 # %% ../../nbs/bench/10_defaults.ipynb #5bd5089f
 CONFIGS = {"default": dict(preset="digits", lat_dim="half", gamma=0.3),   # pretrain_run's defaults: latent 36 per token of 73
            "published": dict(preset="digits", lat_dim=0, gamma=0.05),     # the published small-CNN SANE: latent 32, γ 0.05
-           "former": dict(preset="small", lat_dim=0, gamma=0.05)}         # the defaults until 2026-12-01: d_model 64, latent 16
+           "former": dict(preset="small", lat_dim=0, gamma=0.05),         # the defaults until 2026-12-01: d_model 64, latent 16
+           "lstats": dict(preset="digits", lat_dim="half", gamma=0.3, layer_stats_head=0.3)}   # the defaults + the per-layer s(W) head (not published)
 BUDGET = dict(steps=1000, bs=16, lr=1e-3)                                 # pretrain_run's default budget
 SIZES = {"full": dict(zoos={"seed": (100, 6), "hyper": (100, 6)}, seeds=(0, 1, 2), budget=BUDGET, families=("linear", "nonlinear")),
          "long": dict(zoos={"hyper": (100, 6)}, seeds=(0, 1, 2), budget={**BUDGET, "steps": 3000}, families=("linear", "nonlinear"),
-                      configs=("default", "published")),   # 3x the budget where the default budget did not suffice
+                      configs=("default", "published", "lstats")),   # 3x the budget where the default budget did not suffice
          "quick": dict(zoos={"seed": (24, 3)}, seeds=(0,), budget={**BUDGET, "steps": 100}, families=("linear",))}   # minutes: the pieces fit
 
 def commands(kind:str, size:str="full")->dict:
@@ -35,7 +36,7 @@ def commands(kind:str, size:str="full")->dict:
             **{name: f"sane_pretrain ZOO RUN {flags({**CONFIGS[name], **SIZES[size]['budget']})} --seed 0 --threads 1" for name in _configs(size)},
             "probe": "sane_probe RUN --seed 0 --threads 1" + " --linear_only"*(SIZES[size]["families"] == ("linear",))}
 
-def _configs(size:str)->tuple: return SIZES[size].get("configs", tuple(CONFIGS))   # the settings a size compares
+def _configs(size:str)->tuple: return SIZES[size].get("configs", ("default", "published", "former"))   # the settings a size compares
 
 # %% ../../nbs/bench/10_defaults.ipynb #df4045c7
 PROBE_REPS = ("sane", "sane_std", "sane_layers", "untrained:sane", "untrained:sane_std", "untrained:sane_layers", "s(W)", "W")
