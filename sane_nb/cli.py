@@ -4,7 +4,7 @@
 
 # %% ../nbs/api/10b_cli.ipynb #6cf55413
 from __future__ import annotations
-import importlib, inspect, json
+import importlib, inspect
 from pathlib import Path
 from fastcore.script import call_parse, Param
 

@@ -264,7 +264,7 @@ def __getitems__(self:TokenDataset, indices:list)->dict:
         raise IndexError(f"index out of range for {self!r} of length {len(self)}: {[i for i in indices if not -len(self) <= i < len(self)][:3]}")
     g = None if self.seed is None else torch.Generator().manual_seed(hash((self.seed, len(indices), *indices[:8])) % 2**62)
     ck = self.idx[torch.as_tensor(indices) % len(self.idx)]
-    B, (n, N, T) = len(ck), self.tz.tokens.shape
+    B, (_, N, T) = len(ck), self.tz.tokens.shape
     start = (torch.rand(1 if self.offsets == "batch" else B, generator=g)*(N - self.W + 1)).long()
     tok = start.expand(B)[:, None] + torch.arange(self.W)   # [B, W]
     v1 = self.flat[ck[:, None, None], tok[..., None]*T + torch.arange(T)]

@@ -16,7 +16,7 @@ from .nets import make_net
 from .zoo import make_zoo, zoo_images, parse_shard
 from .zoo_io import load_zoo
 from .dataset import tokenize_zoo, load_token_zoo
-from .model import SaneConfig, PRESETS, fit_config
+from .model import PRESETS, fit_config
 from .probe import predict_properties, representations
 from .train import pretrain_on_zoo, load_sane, latest_checkpoint
 from .distributed import init_distributed, rank, world_size, finish_distributed

@@ -4,11 +4,10 @@
 
 # %% ../nbs/api/12_resnet.ipynb #0d29869b
 from __future__ import annotations
-import ctypes, dataclasses, gc, math, shutil, time, warnings
+import ctypes, dataclasses, gc, math, warnings
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 from torch import nn, Tensor
 
 from .core import default_device
@@ -16,7 +15,6 @@ from .data import ImageData
 from .nets import make_net, accuracy
 from .population import train_one
 from .zoo import make_zoo, zoo_images
-from .zoo_io import load_zoo
 from .tokenize import tokenize, token_layout, layout_mask_pos
 from .model import SaneConfig
 from .probe import encode_tokens
