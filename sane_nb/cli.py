@@ -43,7 +43,7 @@ def sane_bench(
     stage:Param("stage to measure", str, choices=BENCH_STAGES),
     quick:bool=False, # reduced size: about 3 minutes on 2 CPU cores
     out:str=None, # also write the JSON summary to this file
-    size:str=None, # a named size of the benchmark, where it has several (probe: quick/mid/mid_long/full; parity: quick/full/hyper; gpu: paper/tiny; pretrained: quick/full/lat32/lat64/long/tokstats/defaults; defaults: quick/full/long)
+    size:str=None, # a named size of the benchmark, where it has several (probe: quick/mid/mid_long/full; parity: quick/full/hyper; gpu: paper/tiny; pretrained: quick/full/lat32/lat64/long/tokstats/defaults; defaults: quick/full/short)
     variants:str=None, # comma-separated SANE variants measured side by side (probe: sane,stats,g0.3,g0.5,stats0.1,stats_g0.3,tokstats,l40,g0.3_l40,lstats)
     stats_head:float=None, # weight of the auxiliary row-statistics head (parity)
     layer_stats_head:float=None, # weight of the auxiliary per-layer s(W) head (parity)
@@ -219,7 +219,7 @@ def sane_pretrain(
     zoo:str,                  # zoo folder (native or published Model Zoos layout)
     out:str,                  # run folder to create (or resume)
     preset:str="digits",      # SANE size: tiny, small, digits (the published small-CNN SANE), paper_cnn, paper_resnet18; the latent and γ come from --lat_dim and --gamma (published: --lat_dim 0 --gamma 0.05)
-    steps:int=1000,           # optimisation steps
+    steps:int=3000,           # optimisation steps (1,000 until 2026-12-02)
     bs:int=16,                # batch size
     lr:float=1e-3,            # peak learning rate
     tokensize:int=0,          # token length (0: one token per neuron, published)

@@ -207,8 +207,8 @@ class Diagnosis:
         if "floor" in c and not c["floor"][2]:
             out.append("floor: the embedding reads test accuracy no better than an untrained SANE's (a wider latent raises "
                        "that floor too); on 100-model digits zoos a contrastive weight gamma of 0.3 (published 0.05) with a "
-                       "latent of half the token, sane_pretrain's defaults, lifted it on every seed of the seed zoo, and on "
-                       "the hyperparameter zoo with 3x the steps (3 of 3 seeds at 3,000 steps, 1 of 3 at 1,000; "
+                       "latent of half the token, sane_pretrain's defaults, lifted it on every seed of both zoos at their "
+                       "budget of 3,000 steps of 16 (at 1,000: every seed of the seed zoo, 1 of 3 of the hyperparameter zoo; "
                        "bench/10_defaults); more steps and more models per zoo help (the published settings on those zoos "
                        "passed on 2 of 6 seeds at 612 steps of 32, on 6 of 6 at 1,531; bench/03_probe)")
         return out

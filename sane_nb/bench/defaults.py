@@ -15,18 +15,20 @@ from .probe import bench_zoo
 from .pretrained import probe_summary, _ms
 
 # %% auto #0
-__all__ = ['CONFIGS', 'BUDGET', 'SIZES', 'PROBE_REPS', 'commands', 'over_seeds', 'run', 'markdown']
+__all__ = ['CONFIGS', 'BUDGET', 'ZOOS', 'SIZES', 'PROBE_REPS', 'commands', 'over_seeds', 'run', 'markdown']
 
 # %% ../../nbs/bench/10_defaults.ipynb #5bd5089f
 CONFIGS = {"default": dict(preset="digits", lat_dim="half", gamma=0.3),   # pretrain_run's defaults: latent 36 per token of 73
            "published": dict(preset="digits", lat_dim=0, gamma=0.05),     # the published small-CNN SANE: latent 32, γ 0.05
            "former": dict(preset="small", lat_dim=0, gamma=0.05),         # the defaults until 2026-12-01: d_model 64, latent 16
            "lstats": dict(preset="digits", lat_dim="half", gamma=0.3, layer_stats_head=0.3)}   # the defaults + the per-layer s(W) head (not published)
-BUDGET = dict(steps=1000, bs=16, lr=1e-3)                                 # pretrain_run's default budget
-SIZES = {"full": dict(zoos={"seed": (100, 6), "hyper": (100, 6)}, seeds=(0, 1, 2), budget=BUDGET, families=("linear", "nonlinear")),
-         "long": dict(zoos={"hyper": (100, 6)}, seeds=(0, 1, 2), budget={**BUDGET, "steps": 3000}, families=("linear", "nonlinear"),
-                      configs=("default", "published", "lstats")),   # 3x the budget where the default budget did not suffice
-         "quick": dict(zoos={"seed": (24, 3)}, seeds=(0,), budget={**BUDGET, "steps": 100}, families=("linear",))}   # minutes: the pieces fit
+BUDGET = dict(steps=3000, bs=16, lr=1e-3)                                 # pretrain_run's default budget (1,000 steps until 2026-12-02)
+ZOOS = {"seed": (100, 6), "hyper": (100, 6)}                              # the two zoos of `sane_bench probe --size mid`
+SIZES = {"full": dict(zoos=ZOOS, seeds=(0, 1, 2), budget=BUDGET, families=("linear", "nonlinear"), configs=("default", "published", "lstats")),
+         "short": dict(zoos=ZOOS, seeds=(0, 1, 2), budget={**BUDGET, "steps": 1000}, families=("linear", "nonlinear"),
+                       configs=("default", "published", "former")),   # the former default budget, with the settings it compared
+         "quick": dict(zoos={"seed": (24, 3)}, seeds=(0,), budget={**BUDGET, "steps": 100}, families=("linear",),
+                       configs=("default", "published", "former"))}   # minutes: the pieces fit
 
 def commands(kind:str, size:str="full")->dict:
     "The console commands that make one zoo of a size and each setting's run on it (seed 0; ZOO and RUN are folders)"
@@ -36,7 +38,7 @@ def commands(kind:str, size:str="full")->dict:
             **{name: f"sane_pretrain ZOO RUN {flags({**CONFIGS[name], **SIZES[size]['budget']})} --seed 0 --threads 1" for name in _configs(size)},
             "probe": "sane_probe RUN --seed 0 --threads 1" + " --linear_only"*(SIZES[size]["families"] == ("linear",))}
 
-def _configs(size:str)->tuple: return SIZES[size].get("configs", ("default", "published", "former"))   # the settings a size compares
+def _configs(size:str)->tuple: return SIZES[size]["configs"]   # the settings a size compares
 
 # %% ../../nbs/bench/10_defaults.ipynb #df4045c7
 PROBE_REPS = ("sane", "sane_std", "sane_layers", "untrained:sane", "untrained:sane_std", "untrained:sane_layers", "s(W)", "W")
