@@ -21,10 +21,11 @@ __all__ = ['CONFIGS', 'BUDGET', 'ZOOS', 'SIZES', 'PROBE_REPS', 'commands', 'over
 CONFIGS = {"default": dict(preset="digits", lat_dim="half", gamma=0.3),   # pretrain_run's defaults: latent 36 per token of 73
            "published": dict(preset="digits", lat_dim=0, gamma=0.05),     # the published small-CNN SANE: latent 32, γ 0.05
            "former": dict(preset="small", lat_dim=0, gamma=0.05),         # the defaults until 2026-12-01: d_model 64, latent 16
-           "lstats": dict(preset="digits", lat_dim="half", gamma=0.3, layer_stats_head=0.3)}   # the defaults + the per-layer s(W) head (not published)
+           "lstats": dict(preset="digits", lat_dim="half", gamma=0.3, layer_stats_head=0.3),   # the defaults + the per-layer s(W) head (not published)
+           "tokstats": dict(preset="digits", lat_dim="half", gamma=0.3, token_stats=True)}     # the defaults + each token's mean and rms as input (not published)
 BUDGET = dict(steps=3000, bs=16, lr=1e-3)                                 # pretrain_run's default budget (1,000 steps until 2026-12-02)
 ZOOS = {"seed": (100, 6), "hyper": (100, 6)}                              # the two zoos of `sane_bench probe --size mid`
-SIZES = {"full": dict(zoos=ZOOS, seeds=(0, 1, 2), budget=BUDGET, families=("linear", "nonlinear"), configs=("default", "published", "lstats")),
+SIZES = {"full": dict(zoos=ZOOS, seeds=(0, 1, 2), budget=BUDGET, families=("linear", "nonlinear"), configs=("default", "published", "lstats", "tokstats")),
          "short": dict(zoos=ZOOS, seeds=(0, 1, 2), budget={**BUDGET, "steps": 1000}, families=("linear", "nonlinear"),
                        configs=("default", "published", "former")),   # the former default budget, with the settings it compared
          "quick": dict(zoos={"seed": (24, 3)}, seeds=(0,), budget={**BUDGET, "steps": 100}, families=("linear",),
@@ -33,7 +34,7 @@ SIZES = {"full": dict(zoos=ZOOS, seeds=(0, 1, 2), budget=BUDGET, families=("line
 def commands(kind:str, size:str="full")->dict:
     "The console commands that make one zoo of a size and each setting's run on it (seed 0; ZOO and RUN are folders)"
     n, e = SIZES[size]["zoos"][kind]
-    flags = lambda d: " ".join(f"--{k} {v}" for k, v in d.items())
+    flags = lambda d: " ".join(f"--{k}" if v is True else f"--{k} {v}" for k, v in d.items())   # a switch takes no value
     return {"zoo": f"sane_zoo ZOO --dataset digits --n_models {n} --epochs {e} --kind {kind} --seed 0",
             **{name: f"sane_pretrain ZOO RUN {flags({**CONFIGS[name], **SIZES[size]['budget']})} --seed 0 --threads 1" for name in _configs(size)},
             "probe": "sane_probe RUN --seed 0 --threads 1" + " --linear_only"*(SIZES[size]["families"] == ("linear",))}
