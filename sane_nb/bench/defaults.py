@@ -28,6 +28,8 @@ ZOOS = {"seed": (100, 6), "hyper": (100, 6)}                              # the 
 SIZES = {"full": dict(zoos=ZOOS, seeds=(0, 1, 2), budget=BUDGET, families=("linear", "nonlinear"), configs=("default", "published", "lstats", "tokstats")),
          "short": dict(zoos=ZOOS, seeds=(0, 1, 2), budget={**BUDGET, "steps": 1000}, families=("linear", "nonlinear"),
                        configs=("default", "published", "former")),   # the former default budget, with the settings it compared
+         "long": dict(zoos={"seed": ZOOS["seed"]}, seeds=(0, 1, 2), budget={**BUDGET, "steps": 6000}, families=("linear", "nonlinear"),
+                      configs=("default",)),   # twice the default budget: does the read-out keep improving?
          "quick": dict(zoos={"seed": (24, 3)}, seeds=(0,), budget={**BUDGET, "steps": 100}, families=("linear",),
                        configs=("default", "published", "former"))}   # minutes: the pieces fit
 
