@@ -9,8 +9,8 @@ from pathlib import Path
 from fastcore.script import call_parse, Param
 
 # %% auto #0
-__all__ = ['BENCH_STAGES', 'bench_module', 'sane_bench', 'with_config', 'sane_zoo', 'sane_pretrain', 'sane_probe', 'sane_embed',
-           'sane_predict', 'sane_sample', 'sane_demo']
+__all__ = ['BENCH_STAGES', 'bench_module', 'sane_bench', 'with_config', 'sane_zoo', 'sane_pretrain', 'sane_diagnose',
+           'sane_probe', 'sane_embed', 'sane_predict', 'sane_sample', 'sane_demo']
 
 # %% ../nbs/api/10b_cli.ipynb #21778664
 BENCH_STAGES = ("zoo", "tokenize", "train", "probe", "sample", "resnet18", "parity", "scaleout", "gpu", "pretrained", "defaults")
@@ -242,6 +242,21 @@ def sane_pretrain(
     if "config" in info: print(_run_table(info, out, where))   # under torchrun: rank 0 reports
     from sane_nb.distributed import finish_distributed
     finish_distributed(exit=True)   # under torchrun: end here, not in the interpreter's teardown (07b_distributed)
+
+# %% ../nbs/api/10b_cli.ipynb #55bcdb2d
+@call_parse
+def sane_diagnose(
+    run:str,                  # run folder of sane_pretrain
+    device:str="auto",        # where to diagnose: auto, cpu, cuda, cuda:N or mps
+    threads:int=None,         # PyTorch CPU threads (default: $SANE_THREADS, else every core this process may use)
+    config:str=None,          # JSON file of these options
+):
+    "Diagnose a run's saved SANE again with this version's measures (nothing is retrained); prints the run at a glance"
+    given = dict(locals())   # the options as parsed (first: nothing else is local yet)
+    from sane_nb.pipeline import diagnose_run
+    from sane_nb.core import load_json
+    _, where = _run("diagnose_run", diagnose_run, given, sane_diagnose)
+    print(_run_table(load_json(Path(run, "run.json")), run, where))
 
 # %% ../nbs/api/10b_cli.ipynb #42a3ddb9
 @call_parse

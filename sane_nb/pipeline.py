@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import load_json, save_json, atomic_write, check_options, default_device, save_tensors, load_tensors
+from .core import load_json, save_json, to_json, atomic_write, check_options, default_device, save_tensors, load_tensors
 from .data import load_dataset
 from .nets import make_net
 from .zoo import make_zoo, zoo_images, parse_shard
@@ -26,8 +26,8 @@ from .evaluate import compare_inits, summarize, plot_curves, holdout, noise_base
 from .sample import sample_models, reconstruct, relative_error
 
 # %% auto #0
-__all__ = ['MIN_MODELS', 'DEMO_SIZES', 'split_problem', 'pretrain_run', 'Run', 'load_run', 'embed_run', 'probe_run', 'sample_run',
-           'demo', 'demo_report']
+__all__ = ['MIN_MODELS', 'DEMO_SIZES', 'split_problem', 'pretrain_run', 'Run', 'load_run', 'diagnose_run', 'embed_run',
+           'probe_run', 'sample_run', 'demo', 'demo_report']
 
 # %% ../nbs/api/10_pipeline.ipynb #2c55e231
 MIN_MODELS = 7   # the fewest models the 70/15/15 split by model cuts into 4 training, 1 validation and 2 test models
@@ -105,12 +105,19 @@ def pretrain_run(
     if procs > 1:   # training is done: leave the group, so that rank 0 diagnoses alone (no collectives)
         r = rank(); finish_distributed()
         if r != 0: return {**settings, "rank": r}   # rank 0 diagnoses and writes the run's results
-    t1, diag = time.time(), diagnose(sane.to(dev), tz, seed=seed)
-    save_json(diag.to_dict(), out/"diagnosis.json")
-    with atomic_write(out/"diagnosis.md", "w") as f: f.write(diag._repr_markdown_() + "\n")
+    t1, diag = time.time(), _diagnose_into(out, sane.to(dev), tz, seed)
     save_json({**settings, "config": dataclasses.asdict(cfg), "processes": procs, "pretrain_s": t1 - t0, "learned": diag.learned,
                "loss_first": float(np.mean(losses[:10])), "loss_last": float(np.mean(losses[-10:]))}, out/"run.json")
     return load_json(out/"run.json")
+
+def _diagnose_into(out:Path, sane, tz, seed:int)->Diagnosis:
+    "Diagnose a SANE on its token zoo into the run folder `out` (diagnosis.json, diagnosis.md); a replaced diagnosis is kept"
+    diag, old = diagnose(sane, tz, seed=seed), out/"diagnosis.json"
+    if old.exists() and old.read_text() != to_json(diag.to_dict(), 1):   # (as save_json writes it: NaN compares equal)
+        shutil.copyfile(old, out/"diagnosis.previous.json")   # what the run's tables quoted until now
+    save_json(diag.to_dict(), old)
+    with atomic_write(out/"diagnosis.md", "w") as f: f.write(diag._repr_markdown_() + "\n")
+    return diag
 
 def _latent(lat_dim:int|str, tokensize:int)->dict:
     "The `fit_config` override of a run's latent width: half the token, a given width, or none (0: the preset's)"
@@ -161,6 +168,17 @@ def load_run(
     settings = load_json(path/"run.json")
     if "config" not in settings: raise ValueError(f"{path}: pretraining has not finished; run sane_pretrain again to resume it")
     return Run(path, settings, load_token_zoo(path/"tokens"), load_sane(path/"sane", device=default_device(device)))
+
+# %% ../nbs/api/10_pipeline.ipynb #958a32cd
+def diagnose_run(
+    run:str|Path|Run,       # a finished run folder of `pretrain_run` (or a loaded `Run`)
+    device:str|None=None,   # where to diagnose; None: `default_device()`
+)->Diagnosis:
+    "Diagnose a run's saved SANE again with this version's measures; rewrites diagnosis.json/.md and run.json's `learned`"
+    run = run if isinstance(run, Run) else load_run(run)
+    diag = _diagnose_into(run.path, run.sane.to(default_device(device)), run.tz, run.settings.get("seed", 0))
+    save_json({**load_json(run.path/"run.json"), "learned": diag.learned}, run.path/"run.json")
+    return diag
 
 # %% ../nbs/api/10_pipeline.ipynb #794b6eae
 def _embeddings_file(path, seed): return Path(path)/"embeddings"/f"embeddings_seed{seed}.safetensors"

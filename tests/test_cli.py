@@ -36,6 +36,14 @@ def test_chain(tmp_path):
     assert info["steps"] == 12 and info["preset"] == "tiny" and info["config"]["windowsize"] == 8 and info["gamma"] == 0.5
     assert "contrastive weight γ 0.5" in out.stdout and "latent 6 per token" in out.stdout and info["config"]["lat_dim"] == 6
     assert sorted(p.name for p in (tmp_path/"run"/"sane").iterdir() if p.name.startswith("step_")) == ["step_00000012"]
+    diag = json.loads((tmp_path/"run"/"diagnosis.json").read_text())
+    again = sh("sane_diagnose", tmp_path/"run", "--threads", 1)   # the same measures: the same diagnosis, nothing retrained
+    assert "| check | value | requirement | passed |" in again.stdout and "latent 6 per token" in again.stdout
+    new = json.loads((tmp_path/"run"/"diagnosis.json").read_text())   # (another thread count may move the last digits)
+    assert new["learned"] == diag["learned"] and new["checks"].keys() == diag["checks"].keys()
+    for k, c in diag["checks"].items():
+        assert c["value"] == new["checks"][k]["value"] or abs(c["value"] - new["checks"][k]["value"]) < 1e-4, (k, c, new["checks"][k])
+    assert sorted(p.name for p in (tmp_path/"run"/"sane").iterdir() if p.name.startswith("step_")) == ["step_00000012"]
     probe = sh("sane_probe", tmp_path/"run", "--linear_only")
     assert "| r2 on test models | test_acc (linear) | epoch (linear) | ggap (linear) |" in probe.stdout
     assert "| s(W) |" in probe.stdout and "nan" not in probe.stdout.lower()
