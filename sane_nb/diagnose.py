@@ -15,12 +15,12 @@ from torch import Tensor
 from .model import SANE
 from .losses import nt_xent
 from .dataset import TokenDataset
-from .probe import encode_tokens, representations, predict_properties
+from .probe import encode_tokens, representations, predict_properties, embed, weight_stats, Standardizer, select_ridge, r2_score
 from .sample import decode_tokens
 
 # %% auto #0
-__all__ = ['reconstruction_error', 'linear_floor', 'shared_offset_retrieval', 'latent_variance_share',
-           'untrained_representations', 'probe_floor', 'Diagnosis', 'diagnose']
+__all__ = ['SW_STATS', 'reconstruction_error', 'linear_floor', 'shared_offset_retrieval', 'latent_variance_share',
+           'untrained_representations', 'probe_floor', 'Diagnosis', 'diagnose', 'stats_readout']
 
 # %% ../nbs/api/09c_diagnose.ipynb #633f32c3
 def reconstruction_error(
@@ -258,3 +258,28 @@ def _floor(sane, tz, seed, halo):
     except ValueError as e:
         warnings.warn(f"diagnose: no probe floor ({e})", stacklevel=3)
         return None
+
+# %% ../nbs/api/09c_diagnose.ipynb #5c56e815
+SW_STATS = ("mean", "var", "q01", "q25", "q50", "q75", "q99")   # the statistics of `weight_stats`, per layer, in its order
+
+def _readout(layers, sw, split)->np.ndarray:   # [n, L, d] features per layer, [n, 7L] s(W) -> [L, 7] test R²
+    X, S = np.asarray(layers, np.float64), np.asarray(sw, np.float64).reshape(len(sw), -1, len(SW_STATS))
+    tr, va, te = (np.asarray(split[k]) for k in ("train", "val", "test"))
+    out = np.zeros(S.shape[1:])
+    for l in range(S.shape[1]):
+        z = Standardizer(X[tr, l])
+        for j in range(S.shape[2]):
+            w, b, _ = select_ridge(z(X[tr, l]), S[tr, l, j], z(X[va, l]), S[va, l, j])
+            out[l, j] = r2_score(S[te, l, j], z(X[te, l]) @ w + b)
+    return out
+
+def stats_readout(
+    sane:SANE,              # a trained SANE
+    tz,                     # its `TokenZoo` (splits by model, each of at least 2 checkpoints)
+    halo:int|None=None,     # window halo; None = windowsize // 4
+)->dict:                    # {"r2": [L][7] test R², "stats": SW_STATS, "mean_over_layers": {stat: R²}}
+    "R² of a ridge read-out of each layer's s(W) statistics from that layer's mean latent (train / val / test splits)"
+    if small := [k for k in ("train", "val", "test") if len(tz.splits.get(k, [])) < 2]:
+        raise ValueError(f"stats_readout: the splits {small} have fewer than 2 checkpoints; use a zoo with more models")
+    r2 = _readout(embed(sane, tz.tokens, tz.pos, halo=halo).layers, weight_stats(tz.tokens, tz.mask, tz.pos), tz.splits)
+    return {"r2": r2.tolist(), "stats": list(SW_STATS), "mean_over_layers": dict(zip(SW_STATS, r2.mean(0).tolist()))}

@@ -16,7 +16,8 @@ from .distributed import world_size, all_gather_with_grad, all_reduce_sum
 from .probe import _QUANTILES
 
 # %% auto #0
-__all__ = ['SyntheticTokens', 'synthetic_loaders', 'masked_mse', 'nt_xent', 'sane_loss', 'row_stats', 'layer_stats', 'layer_pool']
+__all__ = ['SyntheticTokens', 'synthetic_loaders', 'masked_mse', 'nt_xent', 'sane_loss', 'row_stats', 'layer_stats', 'layer_pool',
+           'standardized_mse']
 
 # %% ../nbs/api/06b_losses.ipynb #66befb1b
 class SyntheticTokens(Dataset):
@@ -114,7 +115,9 @@ def sane_loss(
         layer, L = p[..., 1], core.cfg.max_positions[1]
         t, present = layer_stats(xx.float(), m, layer, L)
         zl = layer_pool(z, layer, m.any(-1), L)
-        loss = loss + core.cfg.layer_stats_head * masked_mse(core.layer_stats_head(zl), t, present[..., None].expand_as(t))
+        h, pm = core.layer_stats_head(zl), present[..., None].expand_as(t)
+        aux = standardized_mse(h.flatten(1), t.flatten(1), pm.flatten(1)) if core.cfg.layer_stats_loss == "corr" else masked_mse(h, t, pm)
+        loss = loss + core.cfg.layer_stats_head * aux
     return loss, rec, con
 
 # %% ../nbs/api/06b_losses.ipynb #b6bb9a01
@@ -158,3 +161,18 @@ def layer_pool(
     "Per-layer mean of the latents within each window (the training-time counterpart of the `sane_layers` read-out)"
     onehot = F.one_hot(layer.long(), n_layers).to(z.dtype) * valid[..., None].to(z.dtype)   # [B, N, L]
     return torch.einsum("bnl,bnd->bld", onehot, z) / onehot.sum(1)[..., None].clamp_min(1)
+
+# %% ../nbs/api/06b_losses.ipynb #95aaad7f
+def standardized_mse(
+    y:Tensor,     # predictions [B, K]
+    t:Tensor,     # targets [B, K]
+    mask:Tensor,  # bool [B, K]: entries that count
+)->Tensor:        # scalar: 2(B-1)/B * (1 - r) averaged over columns, r the correlation of a column of y with t's
+    "MSE after standardising each column of `y` and of `t` over its masked rows (columns with fewer than 2 are left out)"
+    ok = mask & (mask.sum(0, keepdim=True) >= 2)
+    w = ok.to(torch.float32)
+    def z(a):   # each column to mean 0 and (unbiased) standard deviation 1 over its rows that count
+        n = w.sum(0).clamp_min(2)
+        c = a.float() - (a.float()*w).sum(0)/n
+        return c / ((c**2*w).sum(0)/(n - 1)).clamp_min(1e-12).sqrt()   # (clamped before the root: a constant column has a finite gradient)
+    return ((z(y) - z(t))**2 * w).sum() / w.sum().clamp_min(1)

@@ -35,6 +35,7 @@ class SaneConfig:
     final_ln:bool=False        # a LayerNorm after each stack (published: none)
     stats_head:float=0.0       # weight of the auxiliary row-statistics loss (`row_stats`); 0: no head (published)
     layer_stats_head:float=0.0 # weight of the auxiliary per-layer s(W) loss (`layer_stats`); 0: no head (published)
+    layer_stats_loss:str="mse" # that loss: "mse" on the statistics as they are, "corr" on each standardised over the batch (`standardized_mse`)
     token_stats:bool=False     # also feed each token's mean and root mean square to the tokenizer (`token_moments`; published: no)
 
     def __post_init__(self):
@@ -45,6 +46,8 @@ class SaneConfig:
         if self.proj_pool not in ("flatten", "mean"): raise ValueError(f"proj_pool must be 'flatten' or 'mean', got {self.proj_pool!r}")
         for k in ("stats_head", "layer_stats_head"):
             if not getattr(self, k) >= 0: raise ValueError(f"{k} is a loss weight and must be >= 0, got {getattr(self, k)}")
+        if self.layer_stats_loss not in ("mse", "corr"):
+            raise ValueError(f"layer_stats_loss must be 'mse' or 'corr', got {self.layer_stats_loss!r}")
         if self.lat_dim >= self.tokensize:
             warnings.warn(f"SaneConfig: lat_dim={self.lat_dim} >= tokensize={self.tokensize}: no bottleneck, the autoencoder "
                           f"can copy each token through its latent (identity map) and learn nothing about models; "

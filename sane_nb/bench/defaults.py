@@ -10,22 +10,25 @@ from pathlib import Path
 import torch
 
 from ..core import cache_path, save_json, load_json, spawn_map
-from ..pipeline import pretrain_run, probe_run
+from ..pipeline import pretrain_run, probe_run, load_run
+from ..probe import weight_stats, predict_properties
+from ..diagnose import stats_readout, SW_STATS
 from .probe import bench_zoo
 from .pretrained import probe_summary, _ms
 
 # %% auto #0
-__all__ = ['CONFIGS', 'BUDGET', 'ZOOS', 'SIZES', 'PROBE_REPS', 'commands', 'over_seeds', 'run', 'markdown']
+__all__ = ['CONFIGS', 'BUDGET', 'ZOOS', 'SIZES', 'PROBE_REPS', 'SW_GROUPS', 'commands', 'over_seeds', 'run', 'markdown']
 
 # %% ../../nbs/bench/10_defaults.ipynb #5bd5089f
 CONFIGS = {"default": dict(preset="digits", lat_dim="half", gamma=0.3),   # pretrain_run's defaults: latent 36 per token of 73
            "published": dict(preset="digits", lat_dim=0, gamma=0.05),     # the published small-CNN SANE: latent 32, γ 0.05
            "former": dict(preset="small", lat_dim=0, gamma=0.05),         # the defaults until 2026-12-01: d_model 64, latent 16
            "lstats": dict(preset="digits", lat_dim="half", gamma=0.3, layer_stats_head=0.3),   # the defaults + the per-layer s(W) head (not published)
-           "tokstats": dict(preset="digits", lat_dim="half", gamma=0.3, token_stats=True)}     # the defaults + each token's mean and rms as input (not published)
+           "tokstats": dict(preset="digits", lat_dim="half", gamma=0.3, token_stats=True),     # the defaults + each token's mean and rms as input (not published)
+           "lcorr": dict(preset="digits", lat_dim="half", gamma=0.3, layer_stats_head=0.3, layer_stats_loss="corr")}   # lstats, every statistic standardised over the batch
 BUDGET = dict(steps=3000, bs=16, lr=1e-3)                                 # pretrain_run's default budget (1,000 steps until 2026-12-02)
 ZOOS = {"seed": (100, 6), "hyper": (100, 6)}                              # the two zoos of `sane_bench probe --size mid`
-SIZES = {"full": dict(zoos=ZOOS, seeds=(0, 1, 2), budget=BUDGET, families=("linear", "nonlinear"), configs=("default", "published", "lstats", "tokstats")),
+SIZES = {"full": dict(zoos=ZOOS, seeds=(0, 1, 2), budget=BUDGET, families=("linear", "nonlinear"), configs=("default", "published", "lstats", "tokstats", "lcorr")),
          "short": dict(zoos=ZOOS, seeds=(0, 1, 2), budget={**BUDGET, "steps": 1000}, families=("linear", "nonlinear"),
                        configs=("default", "published", "former")),   # the former default budget, with the settings it compared
          "long": dict(zoos={"seed": ZOOS["seed"]}, seeds=(0, 1, 2), budget={**BUDGET, "steps": 6000}, families=("linear", "nonlinear"),
@@ -46,6 +49,21 @@ def _configs(size:str)->tuple: return SIZES[size]["configs"]   # the settings a 
 # %% ../../nbs/bench/10_defaults.ipynb #df4045c7
 PROBE_REPS = ("sane", "sane_std", "sane_layers", "untrained:sane", "untrained:sane_std", "untrained:sane_layers", "s(W)", "W")
 
+SW_GROUPS = {"all": SW_STATS, "mean, var": ("mean", "var"), "q01, q99": ("q01", "q99"), "q25, q50, q75": ("q25", "q50", "q75")}
+
+def _readouts(out:Path)->dict:
+    "What a run's per-layer latents carry of each s(W) statistic (`stats_readout`), and the linear R² on test accuracy of s(W)'s groups of statistics"
+    if (f := out/"probe"/"stats_readout.json").exists(): return load_json(f)   # cached in the run folder
+    run = load_run(out)
+    tz, n = run.tz, len(run.tz)
+    sw = weight_stats(tz.tokens, tz.mask, tz.pos).view(n, -1, len(SW_STATS))
+    group = lambda stats: sw[:, :, [SW_STATS.index(s) for s in stats]].flatten(1)
+    rows = predict_properties({g: group(st) for g, st in SW_GROUPS.items()}, tz.props, tz.splits, targets=("test_acc",),
+                              categorical=(), families=("linear",), seed=run.settings["seed"])
+    res = {**stats_readout(run.sane, tz), "sw_groups": {r["representation"]: r["r2"] for r in rows}}
+    save_json(res, f)
+    return res
+
 def _one(args)->dict:
     "Pretrain (or resume) one setting on one zoo for one seed, probe it; {settings, diagnosis, probe rows of test accuracy}"
     folder, zoo_path, name, seed, size = args
@@ -56,6 +74,7 @@ def _one(args)->dict:
     return {"setting": name, "seed": seed, "lat_dim": info["config"]["lat_dim"], "tokensize": info["config"]["tokensize"],
             "pretrain_s": info["pretrain_s"], "learned": info["learned"], "diagnosis": (diag := load_json(out/"diagnosis.json"))["checks"],
             "floor_untrained": diag["floor"]["random_init"],   # the untrained twin's best linear R² (the floor check's bar)
+            "readout": _readouts(out),
             "rows": [r for r in load_json(out/"probe"/"probe.json") if r["target"] == "test_acc" and r["representation"] in PROBE_REPS]}
 
 # %% ../../nbs/bench/10_defaults.ipynb #db2f2353
@@ -74,7 +93,9 @@ def over_seeds(results:list)->dict:
         out[name] = {"learned": sum(r["learned"] for r in rs), "seeds": [r["seed"] for r in rs], "lat_dim": rs[0]["lat_dim"],
                      "tokensize": rs[0]["tokensize"], "pretrain_s": _ms([r["pretrain_s"] for r in rs]),
                      "checks": checks, "floor_untrained": [r["floor_untrained"] for r in rs], "passed": {k: [r["diagnosis"][k]["passed"] for r in rs] for k in checks},
-                     "probe": probe, "best": best}
+                     "probe": probe, "best": best,
+                     "readout": {s: _ms([r["readout"]["mean_over_layers"][s] for r in rs]) for s in SW_STATS},   # layer means -> s(W), mean R² over layers
+                     "sw_groups": {g: _ms([r["readout"]["sw_groups"][g] for r in rs]) for g in SW_GROUPS}}   # (the same for every setting: zoo and splits)
     return out
 
 # %% ../../nbs/bench/10_defaults.ipynb #54472685
@@ -122,4 +143,10 @@ def markdown(summary:dict)->str:
         for name, s in z.items():
             for fam, b in s["best"].items():
                 out.append(f"| {name} | {fam} | {b['pooling']} | {f(b['sane'])} | {f(b['untrained'])} | {f(b['s(W)'])} | {f(b['W'])} |")
+        if all("readout" in s for s in z.values()):
+            g = next(iter(z.values()))["sw_groups"]
+            out += ["", "s(W)'s statistics alone, linear R² on test accuracy: " + ", ".join(f"{k} {f(v)}" for k, v in g.items()), "",
+                    "| setting | what each layer's mean latent carries of its s(W): ridge R², mean over layers | " + " | ".join(SW_STATS) + " |",
+                    "|---|---|" + "---|"*len(SW_STATS)]
+            out += [f"| {name} | | " + " | ".join(f"{s['readout'][k][0]:.2f}" for k in SW_STATS) + " |" for name, s in z.items()]
     return "\n".join(out)
