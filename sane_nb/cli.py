@@ -47,6 +47,7 @@ def sane_bench(
     variants:str=None, # comma-separated SANE variants measured side by side (probe: sane,stats,g0.3,g0.5,stats0.1,stats_g0.3,tokstats,l40,g0.3_l40,lstats)
     stats_head:float=None, # weight of the auxiliary row-statistics head (parity)
     layer_stats_head:float=None, # weight of the auxiliary per-layer s(W) head (parity)
+    layer_stats_loss:str=None, # that head's loss: mse or corr (parity)
     token_stats:bool=False, # feed each token's mean and rms to the SANE's tokenizer, an ablation (parity)
     denoise:bool=False, # train a denoising SANE: it reconstructs the views before noise, an ablation (sample)
     gamma:float=None, # contrastive weight γ (sample: of the SANE's loss, as sane_pretrain --gamma; parity: the published γ, converted for padding)
@@ -58,7 +59,7 @@ def sane_bench(
     try: mod = bench_module(stage)
     except ValueError as e: raise SystemExit(f"sane_bench: {e}") from None
     kw = {k: v for k, v in dict(size=size, variants=tuple(variants.split(",")) if variants else None, stats_head=stats_head,
-                                layer_stats_head=layer_stats_head,
+                                layer_stats_head=layer_stats_head, layer_stats_loss=layer_stats_loss,
                                 token_stats=token_stats or None, denoise=denoise or None, gamma=gamma, lat_dim=lat_dim,
                                 bandwidth=bandwidth, dest=dest).items()
           if v is not None}

@@ -70,7 +70,9 @@ def parity_seed(
         if sane.layer_stats_head is not None:   # its s(W) head, probed like a representation, and how close it comes to s(W)
             with torch.no_grad(): feats["sane_head"] = sane.layer_stats_head(embed(sane, tz.tokens, tz.pos).layers.float()).flatten(1)
             va, sw = tz.splits["val"], feats["s(W)"]   # both [n, L*7]: layer by layer, s(W)'s seven statistics
-            head = {"head_r2_val": [r2_score(sw[va, j], feats["sane_head"][va, j]) for j in range(sw.shape[1])]}
+            fit = r2_score if sane.cfg.layer_stats_loss == "mse" else (   # a "corr" head's level and scale are free: R² after the best affine map
+                lambda a, b: float(np.corrcoef(np.asarray(a, float), np.asarray(b, float))[0, 1]**2))
+            head = {"head_r2_val": [fit(sw[va, j], feats["sane_head"][va, j]) for j in range(sw.shape[1])]}
         table = predict_properties(feats, tz.props, tz.splits, categorical=(), seed=seed)
     return dict(seed=seed, gamma=gamma, gamma_used=g, **ablation, rows=list(table), diagnosis=diag.to_dict(), recon=recon, **head,
                 loss=[float(np.mean(learn.metrics.losses[:20])), float(np.mean(learn.metrics.losses[-20:]))],
@@ -124,6 +126,7 @@ def run(
     stats_head:float=0.0,  # weight of the auxiliary row-statistics head (0: the published SANE; an ablation otherwise)
     token_stats:bool=False, # feed each token's mean and rms to the tokenizer (False: the published SANE; an ablation)
     layer_stats_head:float=0.0, # weight of the auxiliary per-layer s(W) head (0: the published SANE; an ablation otherwise)
+    layer_stats_loss:str="mse", # that head's loss: "mse", or "corr" (every statistic standardised over the batch; `06b_losses`)
     lat_dim:int=0,         # latent per token of 73 (0: the preset's 32, published; sane_pretrain's default is 36)
     n_workers:int=2,       # seeds trained side by side (one thread each)
     size:str|None=None,    # a key of `SIZES`, overriding `quick` ("hyper": the digits hyperparameter zoo)
@@ -135,18 +138,20 @@ def run(
     folder = Path(folder or cache_path()/"bench_parity")
     zoo_dir = folder/f"{size['zoo']['kind']}_{size['zoo']['n_models']}x{size['zoo']['epochs']}"
     check_options("sane_bench parity", lat_dim=(lat_dim, "int>=0"), gamma=(gamma, "[0,1]"), stats_head=(stats_head, "float>=0"),
-                  layer_stats_head=(layer_stats_head, "float>=0"))   # before any work
+                  layer_stats_head=(layer_stats_head, "float>=0"), layer_stats_loss=(layer_stats_loss, ("mse", "corr")))   # before any work
     make_zoo(zoo_dir, **size["zoo"], n_workers=2, progress=False)
     ablation = {k: v for k, v in dict(stats_head=stats_head, token_stats=token_stats, lat_dim=lat_dim,
                                       layer_stats_head=layer_stats_head).items() if v}
+    if layer_stats_head and layer_stats_loss != "mse": ablation["layer_stats_loss"] = layer_stats_loss
     tag = (f"{name}_g{gamma}" + (f"_stats{stats_head}" if stats_head else "") + ("_tokstats" if token_stats else "")
-           + (f"_l{lat_dim}" if lat_dim else "") + (f"_lstats{layer_stats_head}" if layer_stats_head else ""))
+           + (f"_l{lat_dim}" if lat_dim else "") + (f"_lstats{layer_stats_head}" if layer_stats_head else "")
+           + (f"_{layer_stats_loss}" if layer_stats_head and layer_stats_loss != "mse" else ""))
     jobs = [(zoo_dir, s, size["epochs"], gamma, ablation, folder/"results"/f"{tag}_s{s}.json") for s in seeds]
     from sane_nb.bench import parity as lib   # the module's `_one`, importable by the workers (also when run from a notebook)
     results = spawn_map(lib._one, jobs, n_workers)
     summary = dict(summary=parity_summary(results), published=PUBLISHED,
                    meta=dict(size=name, zoo=size["zoo"], epochs=size["epochs"], seeds=list(seeds), gamma=gamma, stats_head=stats_head,
-                             token_stats=token_stats, layer_stats_head=layer_stats_head,
+                             token_stats=token_stats, layer_stats_head=layer_stats_head, layer_stats_loss=layer_stats_loss,
                              lat_dim=lat_dim or PRESETS["digits"]().lat_dim,   # as `parity_config` builds it
                              gamma_used=[r["gamma_used"] for r in results], n_steps=results[0]["n_steps"],
                              time_s=[r["time_s"] for r in results]), total_s=time.time() - t0)
