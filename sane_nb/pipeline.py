@@ -80,6 +80,9 @@ def pretrain_run(
     if not (lat_dim == "half" or (isinstance(lat_dim, (int, np.integer)) and not isinstance(lat_dim, bool) and lat_dim >= 0)):
         raise ValueError(f"pretrain_run: option 'lat_dim' must be 'half' or an integer >= 0, got {lat_dim!r}")
     lat_dim = lat_dim if lat_dim == "half" else int(lat_dim)
+    if layer_stats_loss != "mse" and not layer_stats_head:
+        raise ValueError(f"pretrain_run: option 'layer_stats_loss' ({layer_stats_loss!r}) is the loss of the per-layer s(W) head, "
+                         "which layer_stats_head=0 leaves out; give layer_stats_head a weight (e.g. 0.3)")
     out, zoo_path = Path(out), Path(zoo).resolve()
     if not zoo_path.exists(): raise FileNotFoundError(f"pretrain_run: no zoo folder at {zoo_path}")
     settings = dict(zoo=str(zoo_path), preset=preset, steps=steps, bs=bs, lr=lr, tokensize=tokensize,

@@ -11,6 +11,7 @@ import torch
 
 from ..core import cache_path, save_json, load_json, spawn_map
 from ..pipeline import pretrain_run, probe_run, load_run
+from ..dataset import load_token_zoo
 from ..probe import weight_stats, predict_properties
 from ..diagnose import stats_readout, SW_STATS
 from .probe import bench_zoo
@@ -63,6 +64,13 @@ def _readouts(out:Path)->dict:
     res = {**stats_readout(run.sane, tz), "sw_groups": {r["representation"]: r["r2"] for r in rows}}
     save_json(res, f)
     return res
+
+def _sw_spread(tokens)->dict:
+    "Each s(W) statistic over a zoo's checkpoints (mean over layers): its level, its spread between checkpoints, and the spread's share of its mean square"
+    tz = load_token_zoo(tokens)
+    sw = weight_stats(tz.tokens, tz.mask, tz.pos).view(len(tz), -1, len(SW_STATS)).double()
+    share = sw.var(0, correction=0)/sw.pow(2).mean(0)
+    return {k: dict(zip(SW_STATS, v.mean(0).tolist())) for k, v in (("level", sw.mean(0)), ("spread", sw.std(0, correction=0)), ("share", share))}
 
 def _one(args)->dict:
     "Pretrain (or resume) one setting on one zoo for one seed, probe it; {settings, diagnosis, probe rows of test accuracy}"
@@ -118,6 +126,7 @@ def run(
     summary = {"size": name, "configs": {c: CONFIGS[c] for c in _configs(name)}, "budget": S["budget"], "zoos": {k: {"n_models": n, "epochs": e} for k, (n, e) in S["zoos"].items()},
                "commands": {k: commands(k, name) for k in zoos},
                "zoo": {kind: over_seeds([r for j, r in zip(jobs, results) if j[0] == base/kind]) for kind in zoos},
+               "sw_spread": {kind: _sw_spread(base/kind/f"{jobs[0][2]}_s{jobs[0][3]}"/"tokens") for kind in zoos},   # (the first run's tokens)
                "time_s": time.time() - t0,   # this call's: seconds when the runs were cached
                "pretrain_s_total": float(sum(r["pretrain_s"] for r in results)), "runs": len(results)}
     if out is not None: save_json(summary, out)
@@ -143,6 +152,9 @@ def markdown(summary:dict)->str:
         for name, s in z.items():
             for fam, b in s["best"].items():
                 out.append(f"| {name} | {fam} | {b['pooling']} | {f(b['sane'])} | {f(b['untrained'])} | {f(b['s(W)'])} | {f(b['W'])} |")
+        if sp := summary.get("sw_spread", {}).get(kind):
+            out += ["", "s(W)'s statistics, standardised tokens, mean over layers: " + "; ".join(
+                f"{k} {sp['level'][k]:.2f} ± {sp['spread'][k]:.3f} ({100*sp['share'][k]:.1f}% of its mean square between checkpoints)" for k in SW_STATS)]
         if all("readout" in s for s in z.values()):
             g = next(iter(z.values()))["sw_groups"]
             out += ["", "s(W)'s statistics alone, linear R² on test accuracy: " + ", ".join(f"{k} {f(v)}" for k, v in g.items()), "",
