@@ -158,7 +158,7 @@ def markdown(summary:dict)->str:
         if all("readout" in s for s in z.values()):
             g = next(iter(z.values()))["sw_groups"]
             out += ["", "s(W)'s statistics alone, linear R² on test accuracy: " + ", ".join(f"{k} {f(v)}" for k, v in g.items()), "",
-                    "| setting | what each layer's mean latent carries of its s(W): ridge R², mean over layers | " + " | ".join(SW_STATS) + " |",
-                    "|---|---|" + "---|"*len(SW_STATS)]
-            out += [f"| {name} | | " + " | ".join(f"{s['readout'][k][0]:.2f}" for k in SW_STATS) + " |" for name, s in z.items()]
+                    "What each layer's mean latent carries of that layer's s(W) (`stats_readout`: ridge R² on the test models, mean over layers and seeds):", "",
+                    "| setting | " + " | ".join(SW_STATS) + " |", "|---|" + "---|"*len(SW_STATS)]
+            out += [f"| {name} | " + " | ".join(f"{s['readout'][k][0]:.2f}" for k in SW_STATS) + " |" for name, s in z.items()]
     return "\n".join(out)
