@@ -26,10 +26,11 @@ CONFIGS = {"default": dict(preset="digits", lat_dim="half", gamma=0.3),   # pret
            "former": dict(preset="small", lat_dim=0, gamma=0.05),         # the defaults until 2026-12-01: d_model 64, latent 16
            "lstats": dict(preset="digits", lat_dim="half", gamma=0.3, layer_stats_head=0.3),   # the defaults + the per-layer s(W) head (not published)
            "tokstats": dict(preset="digits", lat_dim="half", gamma=0.3, token_stats=True),     # the defaults + each token's mean and rms as input (not published)
-           "lcorr": dict(preset="digits", lat_dim="half", gamma=0.3, layer_stats_head=0.3, layer_stats_loss="corr")}   # lstats, every statistic standardised over the batch
+           "lcorr": dict(preset="digits", lat_dim="half", gamma=0.3, layer_stats_head=0.3, layer_stats_loss="corr"),   # lstats, every statistic standardised over the batch
+           "lcorr1": dict(preset="digits", lat_dim="half", gamma=0.3, layer_stats_head=1.0, layer_stats_loss="corr")}   # ... at weight 1
 BUDGET = dict(steps=3000, bs=16, lr=1e-3)                                 # pretrain_run's default budget (1,000 steps until 2026-12-02)
 ZOOS = {"seed": (100, 6), "hyper": (100, 6)}                              # the two zoos of `sane_bench probe --size mid`
-SIZES = {"full": dict(zoos=ZOOS, seeds=(0, 1, 2), budget=BUDGET, families=("linear", "nonlinear"), configs=("default", "published", "lstats", "tokstats", "lcorr")),
+SIZES = {"full": dict(zoos=ZOOS, seeds=(0, 1, 2), budget=BUDGET, families=("linear", "nonlinear"), configs=("default", "published", "lstats", "tokstats", "lcorr", "lcorr1")),
          "short": dict(zoos=ZOOS, seeds=(0, 1, 2), budget={**BUDGET, "steps": 1000}, families=("linear", "nonlinear"),
                        configs=("default", "published", "former")),   # the former default budget, with the settings it compared
          "long": dict(zoos={"seed": ZOOS["seed"]}, seeds=(0, 1, 2), budget={**BUDGET, "steps": 6000}, families=("linear", "nonlinear"),
