@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core import cache_path, save_json, load_json, spawn_map, check_options
+from ..core import cache_path, save_json, load_json, spawn_map, check_options, OptionError
 from ..zoo import make_zoo
 from ..model import SaneConfig, fit_config, PRESETS
 from ..dataset import tokenize_zoo, token_loaders
@@ -139,13 +139,16 @@ def run(
     zoo_dir = folder/f"{size['zoo']['kind']}_{size['zoo']['n_models']}x{size['zoo']['epochs']}"
     check_options("sane_bench parity", lat_dim=(lat_dim, "int>=0"), gamma=(gamma, "[0,1]"), stats_head=(stats_head, "float>=0"),
                   layer_stats_head=(layer_stats_head, "float>=0"), layer_stats_loss=(layer_stats_loss, ("mse", "corr")))   # before any work
+    if layer_stats_loss != "mse" and not layer_stats_head:
+        raise OptionError(f"sane_bench parity: option 'layer_stats_loss' ({layer_stats_loss!r}) is the loss of the per-layer s(W) head, "
+                          "which layer_stats_head=0 leaves out; give layer_stats_head a weight")
     make_zoo(zoo_dir, **size["zoo"], n_workers=2, progress=False)
     ablation = {k: v for k, v in dict(stats_head=stats_head, token_stats=token_stats, lat_dim=lat_dim,
                                       layer_stats_head=layer_stats_head).items() if v}
-    if layer_stats_head and layer_stats_loss != "mse": ablation["layer_stats_loss"] = layer_stats_loss
+    if layer_stats_loss != "mse": ablation["layer_stats_loss"] = layer_stats_loss
     tag = (f"{name}_g{gamma}" + (f"_stats{stats_head}" if stats_head else "") + ("_tokstats" if token_stats else "")
            + (f"_l{lat_dim}" if lat_dim else "") + (f"_lstats{layer_stats_head}" if layer_stats_head else "")
-           + (f"_{layer_stats_loss}" if layer_stats_head and layer_stats_loss != "mse" else ""))
+           + (f"_{layer_stats_loss}" if "layer_stats_loss" in ablation else ""))
     jobs = [(zoo_dir, s, size["epochs"], gamma, ablation, folder/"results"/f"{tag}_s{s}.json") for s in seeds]
     from sane_nb.bench import parity as lib   # the module's `_one`, importable by the workers (also when run from a notebook)
     results = spawn_map(lib._one, jobs, n_workers)
