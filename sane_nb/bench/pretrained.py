@@ -42,8 +42,10 @@ SIZES = {"full": dict(zoo=ZOO, transfer=TRANSFER, run=RUN, sample=SAMPLE),
          "lat64": dict(zoo=ZOO, transfer=TRANSFER, run={**RUN, "lat_dim": 64}, sample=SAMPLE),   # ablation: a latent twice as wide as that
          "long": dict(zoo=ZOO, transfer=TRANSFER, run={**PUBLISHED, "steps": 4500}, sample=SAMPLE),   # latent 32, 1.5x the steps
          "tokstats": dict(zoo=ZOO, transfer=TRANSFER, run={**PUBLISHED, "token_stats": True}, sample=SAMPLE),   # latent 32, token statistics
-         "defaults": dict(zoo=ZOO, transfer=TRANSFER, run={**RUN, "lat_dim": "half", "gamma": 0.3}, sample=SAMPLE)}   # sane_pretrain's
+         "defaults": dict(zoo=ZOO, transfer=TRANSFER, run={**RUN, "lat_dim": "half", "gamma": 0.3}, sample=SAMPLE),   # sane_pretrain's
                          # defaults (latent 100 of 201, γ 0.3), chosen on digits zoos: are they better here too?
+         "lcorr1": dict(zoo=ZOO, transfer=TRANSFER, sample=SAMPLE,   # those defaults with the per-layer s(W) head at weight 1 in its
+                        run={**RUN, "lat_dim": "half", "gamma": 0.3, "layer_stats_head": 1.0, "layer_stats_loss": "corr"})}   # correlation form
 
 def commands(size:dict)->dict:
     "The console commands that make this size's zoo and SANE (they give exactly what `sane_nb.bench.pretrained.run` makes; ZOO, RUN are folders)"
