@@ -22,8 +22,8 @@ from ..sample import relative_error, reconstruct
 from ..evaluate import compare_inits, summarize
 
 # %% auto #0
-__all__ = ['NAME', 'ZOO', 'TRANSFER', 'RUN', 'PUBLISHED', 'SAMPLE', 'SIZES', 'MAX_MB', 'PROBE_REPS', 'commands', 'transfer_table',
-           'transfer_samples', 'seeds_summary', 'run', 'probe_summary', 'markdown']
+__all__ = ['NAME', 'ZOO', 'TRANSFER', 'RUN', 'PUBLISHED', 'DEFAULTS', 'SAMPLE', 'SIZES', 'MAX_MB', 'PROBE_REPS', 'commands',
+           'transfer_table', 'transfer_samples', 'seeds_summary', 'run', 'probe_summary', 'markdown']
 
 # %% ../../nbs/bench/09_pretrained.ipynb #5965a31e
 NAME = "cnn-s-fashion-mnist"   # the name `load_pretrained` knows the shipped SANE by
@@ -33,6 +33,7 @@ TRANSFER = dict(dataset="fashion_mnist", kind="hyper", n_models=50, epochs=5, se
 RUN = dict(preset="digits", lat_dim=96, gamma=0.05, steps=3000, bs=32, lr=1e-3, seed=0)   # the published small-CNN SANE (γ 0.05),
                          # whole-model windows, a latent of 96 for tokens of 201 (section "A latent sized to the tokens")
 PUBLISHED = {**RUN, "lat_dim": 0}   # the preset's latent (32, sized for the digits CNN's tokens of 73): the ablations' reference
+DEFAULTS = {**RUN, "lat_dim": "half", "gamma": 0.3}   # sane_pretrain's defaults (latent 100 of 201, γ 0.3), chosen on digits zoos
 SAMPLE = dict(n=3, n_prompts=3, populations=3, k=10, epochs=1)
 SIZES = {"full": dict(zoo=ZOO, transfer=TRANSFER, run=RUN, sample=SAMPLE),
          "quick": dict(zoo={**ZOO, "n_models": 24, "epochs": 3, "train_images": 2000},   # minutes: checks the pieces fit
@@ -42,10 +43,9 @@ SIZES = {"full": dict(zoo=ZOO, transfer=TRANSFER, run=RUN, sample=SAMPLE),
          "lat64": dict(zoo=ZOO, transfer=TRANSFER, run={**RUN, "lat_dim": 64}, sample=SAMPLE),   # ablation: a latent twice as wide as that
          "long": dict(zoo=ZOO, transfer=TRANSFER, run={**PUBLISHED, "steps": 4500}, sample=SAMPLE),   # latent 32, 1.5x the steps
          "tokstats": dict(zoo=ZOO, transfer=TRANSFER, run={**PUBLISHED, "token_stats": True}, sample=SAMPLE),   # latent 32, token statistics
-         "defaults": dict(zoo=ZOO, transfer=TRANSFER, run={**RUN, "lat_dim": "half", "gamma": 0.3}, sample=SAMPLE),   # sane_pretrain's
-                         # defaults (latent 100 of 201, γ 0.3), chosen on digits zoos: are they better here too?
+         "defaults": dict(zoo=ZOO, transfer=TRANSFER, run=DEFAULTS, sample=SAMPLE),   # are sane_pretrain's defaults better here too?
          "lcorr1": dict(zoo=ZOO, transfer=TRANSFER, sample=SAMPLE,   # those defaults with the per-layer s(W) head at weight 1 in its
-                        run={**RUN, "lat_dim": "half", "gamma": 0.3, "layer_stats_head": 1.0, "layer_stats_loss": "corr"})}   # correlation form
+                        run={**DEFAULTS, "layer_stats_head": 1.0, "layer_stats_loss": "corr"})}   # correlation form
 
 def commands(size:dict)->dict:
     "The console commands that make this size's zoo and SANE (they give exactly what `sane_nb.bench.pretrained.run` makes; ZOO, RUN are folders)"
