@@ -43,7 +43,7 @@ def sane_bench(
     stage:Param("stage to measure", str, choices=BENCH_STAGES),
     quick:bool=False, # reduced size: about 3 minutes on 2 CPU cores
     out:str=None, # also write the JSON summary to this file
-    size:str=None, # a named size of the benchmark, where it has several (probe: quick/mid/mid_long/full; parity: quick/full/hyper; gpu: paper/tiny; pretrained: quick/full/lat32/lat64/long/tokstats/defaults/lcorr1; defaults: quick/full/short/long)
+    size:str=None, # a named size of the benchmark, where it has several (probe: quick/mid/mid_long/full; parity: quick/full/hyper; gpu: paper/tiny; pretrained: quick/full/lat32/lat64/long/tokstats/defaults/lcorr1; defaults: quick/full/short/long/rec)
     variants:str=None, # comma-separated SANE variants measured side by side (probe: sane,stats,g0.3,g0.5,stats0.1,stats_g0.3,tokstats,l40,g0.3_l40,lstats)
     stats_head:float=None, # weight of the auxiliary row-statistics head (parity)
     layer_stats_head:float=None, # weight of the auxiliary per-layer s(W) head (parity)

@@ -20,7 +20,7 @@ from .sample import decode_tokens
 
 # %% auto #0
 __all__ = ['SW_STATS', 'reconstruction_error', 'linear_floor', 'shared_offset_retrieval', 'latent_variance_share',
-           'untrained_representations', 'probe_floor', 'Diagnosis', 'diagnose', 'stats_readout']
+           'untrained_representations', 'probe_floor', 'Diagnosis', 'diagnose', 'stats_readout', 'reconstructed_stats']
 
 # %% ../nbs/api/09c_diagnose.ipynb #633f32c3
 def reconstruction_error(
@@ -283,3 +283,19 @@ def stats_readout(
         raise ValueError(f"stats_readout: the splits {small} have fewer than 2 checkpoints; use a zoo with more models")
     r2 = _readout(embed(sane, tz.tokens, tz.pos, halo=halo).layers, weight_stats(tz.tokens, tz.mask, tz.pos), tz.splits)
     return {"r2": r2.tolist(), "stats": list(SW_STATS), "mean_over_layers": dict(zip(SW_STATS, r2.mean(0).tolist()))}
+
+# %% ../nbs/api/09c_diagnose.ipynb #3b0e1441
+def reconstructed_stats(
+    sane:SANE,              # a trained SANE (eval mode is set while it runs)
+    tz,                     # anything with `tokens` [n,N,T], `mask` [N,T] and `pos` [N,3] (a `TokenZoo`)
+    halo:int|None=None,     # window halo; None = windowsize // 4
+    chunk:int=64,           # checkpoints encoded and decoded at once (bounds the memory of the latents)
+)->Tensor:                  # [n, 7*L] `weight_stats` of each checkpoint's reconstruction, in its order
+    "s(W) of SANE's reconstruction of each checkpoint: what the bottleneck keeps of the weight statistics"
+    if chunk < 1: raise ValueError(f"reconstructed_stats: chunk must be at least 1, got {chunk}")
+    out = []
+    for s in range(0, len(tz.tokens), chunk):
+        t = tz.tokens[s:s+chunk]
+        y = decode_tokens(sane, encode_tokens(sane, t, tz.pos, halo=halo), tz.pos, halo)
+        out.append(weight_stats(y, tz.mask, tz.pos))
+    return torch.cat(out)

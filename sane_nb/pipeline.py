@@ -20,7 +20,7 @@ from .model import PRESETS, fit_config
 from .probe import predict_properties, representations
 from .train import pretrain_on_zoo, load_sane, latest_checkpoint
 from .distributed import init_distributed, rank, world_size, finish_distributed
-from .diagnose import Diagnosis, diagnose, untrained_representations
+from .diagnose import Diagnosis, diagnose, untrained_representations, reconstructed_stats
 from .analysis import plot_pca
 from .evaluate import compare_inits, summarize, plot_curves, holdout, noise_baseline, novelty_audit
 from .sample import sample_models, reconstruct, relative_error
@@ -187,17 +187,17 @@ def diagnose_run(
 # %% ../nbs/api/10_pipeline.ipynb #794b6eae
 def _embeddings_file(path, seed): return Path(path)/"embeddings"/f"embeddings_seed{seed}.safetensors"
 
-_REPS = ("sane", "sane_std", "sane_layers", "s(W)", "W")
+_REPS = ("sane", "sane_std", "sane_layers", "s(W)", "s(W_rec)", "W")
 def _in_order(feats:dict)->dict:
     "Representations in the order the probe tables show them (a safetensors file keeps its keys sorted)"
     key = lambda k: (k.startswith("untrained:"), _REPS.index(k.split(":")[-1]) if k.split(":")[-1] in _REPS else len(_REPS), k)
     return {k: feats[k] for k in sorted(feats, key=key)}
 
 def _features(run, sane, seed, idx=None)->dict:
-    "The representations `probe_run` compares (SANE poolings, s(W), W, the untrained floor) for checkpoints `idx` (None: all)"
+    "The representations `probe_run` compares (SANE poolings, s(W), s(W) of the reconstruction, W, the untrained floor) for `idx` (None: all)"
     from types import SimpleNamespace
     tz = run.tz if idx is None else SimpleNamespace(tokens=run.tz.tokens[torch.as_tensor(idx)], mask=run.tz.mask, pos=run.tz.pos)
-    return representations(sane, tz) | untrained_representations(sane, tz, seed)
+    return _in_order(representations(sane, tz) | {"s(W_rec)": reconstructed_stats(sane, tz)} | untrained_representations(sane, tz, seed))
 
 def embed_run(
     run:str|Path|Run,       # a run folder
@@ -349,7 +349,7 @@ def demo_report(res:dict)->str:
     lin = res["probe"].get("linear", {}).get("r2", {})
     fmt = lambda v: "—" if v is None or v != v else f"{v:.3f}"   # — : undefined (e.g. a constant target)
     rows = [f"| {rep} | " + " | ".join(fmt(lin.get(rep, {}).get(t)) for t in ("test_acc", "epoch", "ggap")) + " |"
-            for rep in ("sane", "sane_layers", "untrained:sane_layers", "s(W)", "W")]
+            for rep in ("sane", "sane_layers", "untrained:sane_layers", "s(W)", "s(W_rec)", "W")]
     acc = s["acc"]
     eps = [e for e in acc["sane"] if not e.endswith("_std")]
     arows = [f"| {m} | " + " | ".join(f"{acc[m][e]:.3f} ± {acc[m][e + '_std']:.3f}" for e in eps) + " |" for m in acc]
@@ -370,7 +370,9 @@ def demo_report(res:dict)->str:
         "How much of each property's variance across held-out models a linear probe on each representation explains "
         "(1 = perfect, 0 = no better than the mean). `sane`: SANE embeddings averaged over all tokens (the published "
         "choice); `sane_layers`: their mean and spread per layer; `untrained:sane_layers`: the same from the SANE before "
-        "training (the floor); `s(W)`: per-layer weight statistics (the baseline to beat); `W`: all weights.", "",
+        "training (the floor); `s(W)`: per-layer weight statistics (the baseline to beat); `s(W_rec)`: the same statistics of "
+        "SANE's reconstruction of each model (a diagnostic, not an embedding: below s(W), what the bottleneck loses; above "
+        "`sane_layers`, what pooling loses); `W`: all weights.", "",
         "| representation | test accuracy | epoch | generalisation gap |", "|---|---|---|---|", *rows, "",
         "Full table (linear and non-linear probes, Kendall τ): `probe/probe.md`; the embeddings' principal components "
         "coloured by accuracy and epoch: `probe/pca.png`.", "",

@@ -262,7 +262,7 @@ class ProbeTable(list):
                     out.setdefault(r["family"], {}).setdefault(m, {}).setdefault(r["representation"], {})[r["target"]] = r[m]
         return out
     def summary(self,
-        reps=("sane", "sane_layers", "untrained:sane_layers", "s(W)", "W"), # rows, where present
+        reps=("sane", "sane_layers", "untrained:sane_layers", "s(W)", "s(W_rec)", "W"), # rows, where present
         metric:str="r2",   # "r2" or "tau"
     )->str:                # markdown: a table and a line per undefined target
         "A short table for a person: R² (or τ) on the test split per representation, family and numerical target"

@@ -35,6 +35,7 @@ SIZES = {"full": dict(zoos=ZOOS, seeds=(0, 1, 2), budget=BUDGET, families=("line
                        configs=("default", "published", "former")),   # the former default budget, with the settings it compared
          "long": dict(zoos={"seed": ZOOS["seed"]}, seeds=(0, 1, 2), budget={**BUDGET, "steps": 6000}, families=("linear", "nonlinear"),
                       configs=("default",)),   # twice the default budget: does the read-out keep improving?
+         "rec": dict(zoos=ZOOS, seeds=(0, 1, 2), budget=BUDGET, families=("linear", "nonlinear"), configs=("default", "lcorr1")),   # full's two leading settings again, with s(W_rec)
          "quick": dict(zoos={"seed": (24, 3)}, seeds=(0,), budget={**BUDGET, "steps": 100}, families=("linear",),
                        configs=("default", "published", "former"))}   # minutes: the pieces fit
 
@@ -49,7 +50,7 @@ def commands(kind:str, size:str="full")->dict:
 def _configs(size:str)->tuple: return SIZES[size]["configs"]   # the settings a size compares
 
 # %% ../../nbs/bench/10_defaults.ipynb #df4045c7
-PROBE_REPS = ("sane", "sane_std", "sane_layers", "untrained:sane", "untrained:sane_std", "untrained:sane_layers", "s(W)", "W")
+PROBE_REPS = ("sane", "sane_std", "sane_layers", "untrained:sane", "untrained:sane_std", "untrained:sane_layers", "s(W)", "s(W_rec)", "W")
 
 SW_GROUPS = {"all": SW_STATS, "mean, var": ("mean", "var"), "q01, q99": ("q01", "q99"), "q25, q50, q75": ("q25", "q50", "q75")}
 
@@ -98,7 +99,8 @@ def over_seeds(results:list)->dict:
         for fam in dict.fromkeys(k.split("/")[0] for k in probe):
             rep = max((p for p in ("sane", "sane_std", "sane_layers") if f"{fam}/{p}" in probe), key=lambda p: probe[f"{fam}/{p}"]["r2"][0])
             best[fam] = {"pooling": rep, "sane": probe[f"{fam}/{rep}"]["r2"], "untrained": probe[f"{fam}/untrained:{rep}"]["r2"],
-                         "s(W)": probe[f"{fam}/s(W)"]["r2"], "W": probe[f"{fam}/W"]["r2"]}
+                         "s(W)": probe[f"{fam}/s(W)"]["r2"], "W": probe[f"{fam}/W"]["r2"],
+                         **({"s(W_rec)": probe[f"{fam}/s(W_rec)"]["r2"]} if f"{fam}/s(W_rec)" in probe else {})}   # (runs since 2026-12-02 only)
         out[name] = {"learned": sum(r["learned"] for r in rs), "seeds": [r["seed"] for r in rs], "lat_dim": rs[0]["lat_dim"],
                      "tokensize": rs[0]["tokensize"], "pretrain_s": _ms([r["pretrain_s"] for r in rs]),
                      "checks": checks, "floor_untrained": [r["floor_untrained"] for r in rs], "passed": {k: [r["diagnosis"][k]["passed"] for r in rs] for k in checks},
@@ -149,10 +151,13 @@ def markdown(summary:dict)->str:
             fl = " / ".join(f"{a:.3f} vs {b:.3f}" for a, b in zip(s["checks"]["floor"], s["floor_untrained"]))
             out.append(f"| {name} | {s['lat_dim']}/{s['tokensize']} | {s['learned']} of {n} | {seeds(s['checks']['retrieval'])} | "
                        f"{seeds(s['checks']['reconstruction'])} | {fl} |")
-        out += ["", "| setting | probe | best SANE pooling | R² SANE | R² untrained | R² s(W) | R² W |", "|---|---|---|---|---|---|---|"]
+        rec = all("s(W_rec)" in b for s in z.values() for b in s["best"].values())   # (runs since 2026-12-02)
+        out += ["", "| setting | probe | best SANE pooling | R² SANE | R² untrained | R² s(W) |" + " R² s(W_rec) |"*rec + " R² W |",
+                "|---|---|---|---|---|---|" + "---|"*rec + "---|"]
         for name, s in z.items():
             for fam, b in s["best"].items():
-                out.append(f"| {name} | {fam} | {b['pooling']} | {f(b['sane'])} | {f(b['untrained'])} | {f(b['s(W)'])} | {f(b['W'])} |")
+                out.append(f"| {name} | {fam} | {b['pooling']} | {f(b['sane'])} | {f(b['untrained'])} | {f(b['s(W)'])} |"
+                           + (f" {f(b['s(W_rec)'])} |" if rec else "") + f" {f(b['W'])} |")
         if sp := summary.get("sw_spread", {}).get(kind):
             out += ["", "s(W)'s statistics, standardised tokens, mean over layers: " + "; ".join(
                 f"{k} {sp['level'][k]:.2f} ± {sp['spread'][k]:.3f} ({100*sp['share'][k]:.1f}% of its mean square between checkpoints)" for k in SW_STATS)]
