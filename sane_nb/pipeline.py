@@ -241,7 +241,9 @@ def probe_run(
     if why := split_problem(run.tz.props, run.tz.splits): raise ValueError(f"probe_run: {run.path}: {why}")
     out, sane = Path(out or run.path/"probe"), run.sane.to(default_device(device))
     if (merged := _embeddings_file(run.path, seed)).exists():   # embedded before, e.g. in shards (`embed_run`)
-        feats = _in_order(load_tensors(merged))
+        feats = load_tensors(merged)
+        if "s(W_rec)" not in feats: feats["s(W_rec)"] = reconstructed_stats(sane, run.tz)   # (a file embedded before that row existed)
+        feats = _in_order(feats)
     else:
         if progress: print(f"probe: embedding {len(run.tz)} checkpoints (trained and untrained SANE)", flush=True)
         feats = _features(run, sane, seed)
