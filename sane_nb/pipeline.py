@@ -373,8 +373,8 @@ def demo_report(res:dict)->str:
         "(1 = perfect, 0 = no better than the mean). `sane`: SANE embeddings averaged over all tokens (the published "
         "choice); `sane_layers`: their mean and spread per layer; `untrained:sane_layers`: the same from the SANE before "
         "training (the floor); `s(W)`: per-layer weight statistics (the baseline to beat); `s(W_rec)`: the same statistics of "
-        "SANE's reconstruction of each model (a diagnostic, not an embedding: below s(W), what the bottleneck loses; above "
-        "`sane_layers`, what pooling loses); `W`: all weights.", "",
+        "SANE's reconstruction of each model (a diagnostic, not an embedding: roughly, below s(W) what the bottleneck loses, "
+        "above `sane_layers` what pooling loses); `W`: all weights.", "",
         "| representation | test accuracy | epoch | generalisation gap |", "|---|---|---|---|", *rows, "",
         "Full table (linear and non-linear probes, Kendall τ): `probe/probe.md`; the embeddings' principal components "
         "coloured by accuracy and epoch: `probe/pca.png`.", "",
