@@ -17,7 +17,7 @@ from .zoo import make_zoo, zoo_images, parse_shard
 from .zoo_io import load_zoo
 from .dataset import tokenize_zoo, load_token_zoo
 from .model import PRESETS, fit_config
-from .probe import predict_properties, representations
+from .probe import predict_properties, representations, SUMMARY_REPS
 from .train import pretrain_on_zoo, load_sane, latest_checkpoint
 from .distributed import init_distributed, rank, world_size, finish_distributed
 from .diagnose import Diagnosis, diagnose, untrained_representations, reconstructed_stats
@@ -351,7 +351,7 @@ def demo_report(res:dict)->str:
     lin = res["probe"].get("linear", {}).get("r2", {})
     fmt = lambda v: "—" if v is None or v != v else f"{v:.3f}"   # — : undefined (e.g. a constant target)
     rows = [f"| {rep} | " + " | ".join(fmt(lin.get(rep, {}).get(t)) for t in ("test_acc", "epoch", "ggap")) + " |"
-            for rep in ("sane", "sane_layers", "untrained:sane_layers", "s(W)", "s(W_rec)", "W")]
+            for rep in SUMMARY_REPS]
     acc = s["acc"]
     eps = [e for e in acc["sane"] if not e.endswith("_std")]
     arows = [f"| {m} | " + " | ".join(f"{acc[m][e]:.3f} ± {acc[m][e + '_std']:.3f}" for e in eps) + " |" for m in acc]

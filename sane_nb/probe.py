@@ -16,9 +16,10 @@ from threadpoolctl import threadpool_limits
 from .core import save_json, progress as _progress
 
 # %% auto #0
-__all__ = ['RIDGE_LAMBDAS', 'LOGISTIC_CS', 'POOLINGS', 'halo_windows', 'check_positions', 'encode_windows', 'Embeddings', 'embed',
-           'encode_tokens', 'weight_stats', 'flat_weights', 'r2_score', 'kendall_tau', 'Standardizer', 'ridge_fit',
-           'fit_probe', 'select_ridge', 'ProbeTable', 'predict_properties', 'representations']
+__all__ = ['RIDGE_LAMBDAS', 'LOGISTIC_CS', 'SUMMARY_REPS', 'POOLINGS', 'halo_windows', 'check_positions', 'encode_windows',
+           'Embeddings', 'embed', 'encode_tokens', 'weight_stats', 'flat_weights', 'r2_score', 'kendall_tau',
+           'Standardizer', 'ridge_fit', 'fit_probe', 'select_ridge', 'ProbeTable', 'predict_properties',
+           'representations']
 
 # %% ../nbs/api/08_probe.ipynb #7c1cef27
 def halo_windows(
@@ -245,6 +246,8 @@ def select_ridge(Xtr, ytr, Xva, yva)->tuple: # (weights [d], bias, the chosen la
     return w, b, lam
 
 # %% ../nbs/api/08_probe.ipynb #f9ae305b
+SUMMARY_REPS = ("sane", "sane_layers", "untrained:sane_layers", "s(W)", "s(W_rec)", "W")   # the rows a short table shows, where present
+
 class ProbeTable(list):
     "Rows of probe results (plain dicts); renders as markdown, nests as {family: {metric: {representation: {target: x}}}}"
     def _repr_markdown_(self):
@@ -262,7 +265,7 @@ class ProbeTable(list):
                     out.setdefault(r["family"], {}).setdefault(m, {}).setdefault(r["representation"], {})[r["target"]] = r[m]
         return out
     def summary(self,
-        reps=("sane", "sane_layers", "untrained:sane_layers", "s(W)", "s(W_rec)", "W"), # rows, where present
+        reps=SUMMARY_REPS,   # rows, where present
         metric:str="r2",   # "r2" or "tau"
     )->str:                # markdown: a table and a line per undefined target
         "A short table for a person: R² (or τ) on the test split per representation, family and numerical target"
