@@ -17,7 +17,7 @@ from .zoo import make_zoo, zoo_images, parse_shard
 from .zoo_io import load_zoo
 from .dataset import tokenize_zoo, load_token_zoo
 from .model import PRESETS, fit_config
-from .probe import predict_properties, representations, SUMMARY_REPS
+from .probe import predict_properties, representations, token_extremes, SUMMARY_REPS
 from .train import pretrain_on_zoo, load_sane, latest_checkpoint
 from .distributed import init_distributed, rank, world_size, finish_distributed
 from .diagnose import Diagnosis, diagnose, untrained_representations, reconstructed_stats
@@ -187,14 +187,14 @@ def diagnose_run(
 # %% ../nbs/api/10_pipeline.ipynb #794b6eae
 def _embeddings_file(path, seed): return Path(path)/"embeddings"/f"embeddings_seed{seed}.safetensors"
 
-_REPS = ("sane", "sane_std", "sane_layers", "s(W)", "s(W_rec)", "W")
+_REPS = ("sane", "sane_std", "sane_layers", "s(W)", "s(tokens)", "s(W_rec)", "W")
 def _in_order(feats:dict)->dict:
     "Representations in the order the probe tables show them (a safetensors file keeps its keys sorted)"
     key = lambda k: (k.startswith("untrained:"), _REPS.index(k.split(":")[-1]) if k.split(":")[-1] in _REPS else len(_REPS), k)
     return {k: feats[k] for k in sorted(feats, key=key)}
 
 def _features(run, sane, seed, idx=None)->dict:
-    "The representations `probe_run` compares (SANE poolings, s(W), s(W) of the reconstruction, W, the untrained floor) for `idx` (None: all)"
+    "The representations `probe_run` compares (SANE poolings, s(W), s(tokens), s(W) of the reconstruction, W, the untrained floor) for `idx` (None: all)"
     from types import SimpleNamespace
     tz = run.tz if idx is None else SimpleNamespace(tokens=run.tz.tokens[torch.as_tensor(idx)], mask=run.tz.mask, pos=run.tz.pos)
     return _in_order(representations(sane, tz) | {"s(W_rec)": reconstructed_stats(sane, tz)} | untrained_representations(sane, tz, seed))
@@ -233,7 +233,7 @@ def probe_run(
     device:str|None=None,   # where to embed; None: `default_device()` (the probes fit on the CPU)
     progress:bool=True,     # progress of embedding and probing
 )->object:                  # the `ProbeTable`
-    "Embed every checkpoint of a run's zoo and probe its properties against s(W) and W; writes probe.json, probe.md, pca.png"
+    "Embed every checkpoint of a run's zoo and probe its properties against s(W), s(tokens) and W; writes probe.json, probe.md, pca.png"
     check_options("probe_run", seed=(seed, "int>=0"))
     if bad := [f for f in families if f not in ("linear", "nonlinear")]:
         raise ValueError(f"probe_run: option 'families' has unknown probe families {bad}; use 'linear' and/or 'nonlinear'")
@@ -242,7 +242,8 @@ def probe_run(
     out, sane = Path(out or run.path/"probe"), run.sane.to(default_device(device))
     if (merged := _embeddings_file(run.path, seed)).exists():   # embedded before, e.g. in shards (`embed_run`)
         feats = load_tensors(merged)
-        if "s(W_rec)" not in feats: feats["s(W_rec)"] = reconstructed_stats(sane, run.tz)   # (a file embedded before that row existed)
+        if "s(W_rec)" not in feats: feats["s(W_rec)"] = reconstructed_stats(sane, run.tz)   # (files embedded before these rows existed)
+        if "s(tokens)" not in feats: feats["s(tokens)"] = token_extremes(run.tz.tokens, run.tz.mask, run.tz.pos)
         feats = _in_order(feats)
     else:
         if progress: print(f"probe: embedding {len(run.tz)} checkpoints (trained and untrained SANE)", flush=True)
@@ -372,7 +373,8 @@ def demo_report(res:dict)->str:
         "How much of each property's variance across held-out models a linear probe on each representation explains "
         "(1 = perfect, 0 = no better than the mean). `sane`: SANE embeddings averaged over all tokens (the published "
         "choice); `sane_layers`: their mean and spread per layer; `untrained:sane_layers`: the same from the SANE before "
-        "training (the floor); `s(W)`: per-layer weight statistics (the baseline to beat); `s(W_rec)`: the same statistics of "
+        "training (the floor); `s(W)`: per-layer weight statistics (the baseline to beat); `s(tokens)`: per-layer mean and "
+        "spread of each token's (neuron's) largest and smallest weight (a second hand-made baseline, often stronger); `s(W_rec)`: s(W) of "
         "SANE's reconstruction of each model (a diagnostic, not an embedding: roughly, below s(W) what the bottleneck loses, "
         "above `sane_layers` what pooling loses); `W`: all weights.", "",
         "| representation | test accuracy | epoch | generalisation gap |", "|---|---|---|---|", *rows, "",

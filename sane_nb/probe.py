@@ -17,8 +17,8 @@ from .core import save_json, progress as _progress
 
 # %% auto #0
 __all__ = ['RIDGE_LAMBDAS', 'LOGISTIC_CS', 'SUMMARY_REPS', 'POOLINGS', 'halo_windows', 'check_positions', 'encode_windows',
-           'Embeddings', 'embed', 'encode_tokens', 'weight_stats', 'flat_weights', 'r2_score', 'kendall_tau',
-           'Standardizer', 'ridge_fit', 'fit_probe', 'select_ridge', 'ProbeTable', 'predict_properties',
+           'Embeddings', 'embed', 'encode_tokens', 'weight_stats', 'token_extremes', 'flat_weights', 'r2_score',
+           'kendall_tau', 'Standardizer', 'ridge_fit', 'fit_probe', 'select_ridge', 'ProbeTable', 'predict_properties',
            'representations']
 
 # %% ../nbs/api/08_probe.ipynb #7c1cef27
@@ -174,6 +174,23 @@ def weight_stats(
         feats += [v.mean(1, keepdim=True), v.var(1, keepdim=True, correction=0), torch.quantile(v, q, dim=1).T]
     return torch.cat(feats, 1).float()
 
+def token_extremes(
+    tokens:Tensor, # [n,N,T] tokens of n models of one architecture
+    mask:Tensor,   # [N,T] real entries (True) vs padding
+    pos:Tensor,    # [N,3] positions; pos[:,1] is the layer
+)->Tensor:         # [n, 4*L]: per layer the mean and std over its tokens of each token's largest, then smallest, real entry
+    "Per-layer statistics of each token's extremes, s(tokens): with one token per neuron, of each neuron's largest and smallest weight"
+    if tokens.ndim != 3 or tokens.shape[1:] != mask.shape:
+        raise ValueError(f"tokens must be [n,N,T] matching mask {tuple(mask.shape)}, got {tuple(tokens.shape)}")
+    real = mask.any(1)   # tokens with at least one real entry
+    x = tokens.double()
+    big = x.masked_fill(~mask, -torch.inf).amax(-1)[:, real]    # [n, N_real]
+    small = x.masked_fill(~mask, torch.inf).amin(-1)[:, real]
+    layer, feats = pos[real, 1], []
+    for l in layer.unique(sorted=True).tolist():
+        for e in (big[:, layer == l], small[:, layer == l]): feats += [e.mean(1, keepdim=True), e.std(1, correction=0, keepdim=True)]
+    return torch.cat(feats, 1).float()
+
 def flat_weights(tokens:Tensor, mask:Tensor)->Tensor: # [n,N,T], [N,T] -> [n, n_real]
     "All real weights of each model, flattened (the raw baseline W)"
     return tokens[:, mask]
@@ -246,7 +263,7 @@ def select_ridge(Xtr, ytr, Xva, yva)->tuple: # (weights [d], bias, the chosen la
     return w, b, lam
 
 # %% ../nbs/api/08_probe.ipynb #f9ae305b
-SUMMARY_REPS = ("sane", "sane_layers", "untrained:sane_layers", "s(W)", "s(W_rec)", "W")   # the rows a short table shows, where present
+SUMMARY_REPS = ("sane", "sane_layers", "untrained:sane_layers", "s(W)", "s(tokens)", "s(W_rec)", "W")   # the rows a short table shows, where present
 
 class ProbeTable(list):
     "Rows of probe results (plain dicts); renders as markdown, nests as {family: {metric: {representation: {target: x}}}}"
@@ -352,10 +369,11 @@ def representations(
     sane,                   # a trained SANE
     tz,                     # the `TokenZoo` it was trained on (aligned, standardised tokens)
     halo:int|None=None,     # embedding halo; None = windowsize // 4
-    baselines:bool=True,    # also the weight baselines s(W) and W
+    baselines:bool=True,    # also the weight baselines s(W), s(tokens) and W
 )->dict:                    # name -> [n_checkpoints, d] features
-    "Every representation the probes compare, for each checkpoint of `tz`: SANE embeddings, s(W) and W"
+    "Every representation the probes compare, for each checkpoint of `tz`: SANE embeddings, s(W), s(tokens) and W"
     emb = embed(sane, tz.tokens, tz.pos, halo=halo)
     sane_reps = {name: pool(emb) for name, pool in POOLINGS.items()}
     if not baselines: return sane_reps
-    return sane_reps | {"s(W)": weight_stats(tz.tokens, tz.mask, tz.pos), "W": flat_weights(tz.tokens, tz.mask)}
+    return sane_reps | {"s(W)": weight_stats(tz.tokens, tz.mask, tz.pos), "s(tokens)": token_extremes(tz.tokens, tz.mask, tz.pos),
+                        "W": flat_weights(tz.tokens, tz.mask)}

@@ -46,9 +46,9 @@ def test_chain(tmp_path):
     assert sorted(p.name for p in (tmp_path/"run"/"sane").iterdir() if p.name.startswith("step_")) == ["step_00000012"]
     probe = sh("sane_probe", tmp_path/"run", "--linear_only")
     assert "| r2 on test models | test_acc (linear) | epoch (linear) | ggap (linear) |" in probe.stdout
-    assert "| s(W) |" in probe.stdout and "| s(W_rec) |" in probe.stdout and "nan" not in probe.stdout.lower()
+    assert all(f"| {r} |" in probe.stdout for r in ("s(W)", "s(tokens)", "s(W_rec)")) and "nan" not in probe.stdout.lower()
     rows = json.loads((tmp_path/"run"/"probe"/"probe.json").read_text())
-    assert {r["representation"] for r in rows} >= {"sane", "s(W)", "s(W_rec)", "W"}
+    assert {r["representation"] for r in rows} >= {"sane", "s(W)", "s(tokens)", "s(W_rec)", "W"}
     sample = sh("sane_sample", tmp_path/"run", "--n", 2, "--n_prompts", 2, "--epochs", 1, "--populations", 1, "--k", 0)
     assert "| method | epoch 0 | epoch 1 |" in sample.stdout and "| noise_layer |" in sample.stdout
     res = json.loads((tmp_path/"run"/"sample"/"sample.json").read_text())

@@ -235,7 +235,7 @@ def test_bench_probe_zoo_smoke():
     agg = aggregate([ProbeTable(r["table"])])
     assert set(agg) == {"linear", "nonlinear"}
     sane = {"sane", "sane_std", "sane_layers"}
-    assert set(agg["linear"]["r2"]) == sane | {f"untrained:{k}" for k in sane} | {"s(W)", "W"}
+    assert set(agg["linear"]["r2"]) == sane | {f"untrained:{k}" for k in sane} | {"s(W)", "s(tokens)", "W"}
     e1 = {r_["target"] for r_ in r["table_e1"]}
     assert e1 >= {"test_acc", "epoch"} and r["table_e1"][0]["n_train"] < r["table"][0]["n_train"]   # epoch-0 checkpoints left out
     assert {"test_acc", "epoch", "ggap", "test_acc_std"} <= set(agg["nonlinear"]["tau"]["s(W)"])

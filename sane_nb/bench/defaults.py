@@ -18,7 +18,8 @@ from .probe import bench_zoo
 from .pretrained import probe_summary, _ms
 
 # %% auto #0
-__all__ = ['CONFIGS', 'BUDGET', 'ZOOS', 'SIZES', 'PROBE_REPS', 'SW_GROUPS', 'commands', 'over_seeds', 'run', 'markdown']
+__all__ = ['CONFIGS', 'BUDGET', 'ZOOS', 'SIZES', 'PROBE_REPS', 'LATER_REPS', 'SW_GROUPS', 'commands', 'over_seeds', 'run',
+           'markdown']
 
 # %% ../../nbs/bench/10_defaults.ipynb #5bd5089f
 CONFIGS = {"default": dict(preset="digits", lat_dim="half", gamma=0.3),   # pretrain_run's defaults: latent 36 per token of 73
@@ -50,7 +51,8 @@ def commands(kind:str, size:str="full")->dict:
 def _configs(size:str)->tuple: return SIZES[size]["configs"]   # the settings a size compares
 
 # %% ../../nbs/bench/10_defaults.ipynb #df4045c7
-PROBE_REPS = ("sane", "sane_std", "sane_layers", "untrained:sane", "untrained:sane_std", "untrained:sane_layers", "s(W)", "s(W_rec)", "W")
+PROBE_REPS = ("sane", "sane_std", "sane_layers", "untrained:sane", "untrained:sane_std", "untrained:sane_layers", "s(W)", "s(tokens)", "s(W_rec)", "W")
+LATER_REPS = ("s(tokens)", "s(W_rec)")   # rows that runs probed before 2026-12-02 lack
 
 SW_GROUPS = {"all": SW_STATS, "mean, var": ("mean", "var"), "q01, q99": ("q01", "q99"), "q25, q50, q75": ("q25", "q50", "q75")}
 
@@ -100,7 +102,7 @@ def over_seeds(results:list)->dict:
             rep = max((p for p in ("sane", "sane_std", "sane_layers") if f"{fam}/{p}" in probe), key=lambda p: probe[f"{fam}/{p}"]["r2"][0])
             best[fam] = {"pooling": rep, "sane": probe[f"{fam}/{rep}"]["r2"], "untrained": probe[f"{fam}/untrained:{rep}"]["r2"],
                          "s(W)": probe[f"{fam}/s(W)"]["r2"], "W": probe[f"{fam}/W"]["r2"],
-                         **({"s(W_rec)": probe[f"{fam}/s(W_rec)"]["r2"]} if f"{fam}/s(W_rec)" in probe else {})}   # (runs since 2026-12-02 only)
+                         **{k: probe[f"{fam}/{k}"]["r2"] for k in LATER_REPS if f"{fam}/{k}" in probe}}
         out[name] = {"learned": sum(r["learned"] for r in rs), "seeds": [r["seed"] for r in rs], "lat_dim": rs[0]["lat_dim"],
                      "tokensize": rs[0]["tokensize"], "pretrain_s": _ms([r["pretrain_s"] for r in rs]),
                      "checks": checks, "floor_untrained": [r["floor_untrained"] for r in rs], "passed": {k: [r["diagnosis"][k]["passed"] for r in rs] for k in checks},
@@ -151,13 +153,13 @@ def markdown(summary:dict)->str:
             fl = " / ".join(f"{a:.3f} vs {b:.3f}" for a, b in zip(s["checks"]["floor"], s["floor_untrained"]))
             out.append(f"| {name} | {s['lat_dim']}/{s['tokensize']} | {s['learned']} of {n} | {seeds(s['checks']['retrieval'])} | "
                        f"{seeds(s['checks']['reconstruction'])} | {fl} |")
-        rec = all("s(W_rec)" in b for s in z.values() for b in s["best"].values())   # (runs since 2026-12-02)
-        out += ["", "| setting | probe | best SANE pooling | R² SANE | R² untrained | R² s(W) |" + " R² s(W_rec) |"*rec + " R² W |",
-                "|---|---|---|---|---|---|" + "---|"*rec + "---|"]
+        later = [k for k in LATER_REPS if all(k in b for s in z.values() for b in s["best"].values())]
+        out += ["", "| setting | probe | best SANE pooling | R² SANE | R² untrained | R² s(W) |" + "".join(f" R² {k} |" for k in later) + " R² W |",
+                "|---|---|---|---|---|---|" + "---|"*len(later) + "---|"]
         for name, s in z.items():
             for fam, b in s["best"].items():
                 out.append(f"| {name} | {fam} | {b['pooling']} | {f(b['sane'])} | {f(b['untrained'])} | {f(b['s(W)'])} |"
-                           + (f" {f(b['s(W_rec)'])} |" if rec else "") + f" {f(b['W'])} |")
+                           + "".join(f" {f(b[k])} |" for k in later) + f" {f(b['W'])} |")
         if sp := summary.get("sw_spread", {}).get(kind):
             out += ["", "s(W)'s statistics, standardised tokens, mean over layers: " + "; ".join(
                 f"{k} {sp['level'][k]:.2f} ± {sp['spread'][k]:.3f} ({100*sp['share'][k]:.1f}% of its mean square between checkpoints)" for k in SW_STATS)]

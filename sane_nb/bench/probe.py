@@ -147,7 +147,7 @@ def _named(rows:list, variant:str)->ProbeTable:
     "A variant's probe rows: `sane` (the published SANE, with the baselines and the floor) as is, another's SANE rows as `variant:name`"
     if variant == "sane": return ProbeTable(rows)
     return ProbeTable({**r, "representation": f"{variant}:{r['representation']}"} for r in rows
-                      if not r["representation"].startswith("untrained:") and r["representation"] not in ("s(W)", "W"))
+                      if not r["representation"].startswith("untrained:") and r["representation"] not in ("s(W)", "s(tokens)", "W"))
 
 def run(
     quick:bool=False,      # reduced size (about 3 minutes on 2 cores)
