@@ -271,7 +271,7 @@ def sane_probe(
     threads:int=None,         # PyTorch CPU threads (default: $SANE_THREADS, else every core this process may use)
     config:str=None,          # JSON file of these options
 ):
-    "Predict model properties from SANE embeddings against s(W) and W; prints R² per representation"
+    "Predict model properties from SANE embeddings against s(W), s(tokens) and W; prints R² per representation"
     given = dict(locals())   # the options as parsed (first: nothing else is local yet)
     from sane_nb.pipeline import probe_run
     probe = lambda linear_only, **o: probe_run(families=("linear",) if linear_only else ("linear", "nonlinear"), **o)
