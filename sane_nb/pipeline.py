@@ -374,7 +374,7 @@ def demo_report(res:dict)->str:
         "(1 = perfect, 0 = no better than the mean). `sane`: SANE embeddings averaged over all tokens (the published "
         "choice); `sane_layers`: their mean and spread per layer; `untrained:sane_layers`: the same from the SANE before "
         "training (the floor); `s(W)`: per-layer weight statistics (the baseline to beat); `s(tokens)`: per-layer mean and "
-        "spread of each token's (neuron's) largest and smallest weight (a second hand-made baseline: stronger than s(W) on our digits zoos, weaker on our Fashion-MNIST one); `s(W_rec)`: s(W) of "
+        "spread of each token's (neuron's) largest and smallest weight (a second hand-made baseline: stronger than s(W) on our 100-model digits zoos, level on the demo's, weaker on our Fashion-MNIST one); `s(W_rec)`: s(W) of "
         "SANE's reconstruction of each model (a diagnostic, not an embedding: roughly, below s(W) what the bottleneck loses, "
         "above `sane_layers` what pooling loses); `W`: all weights.", "",
         "| representation | test accuracy | epoch | generalisation gap |", "|---|---|---|---|", *rows, "",

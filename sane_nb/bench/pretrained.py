@@ -226,7 +226,7 @@ def run(
     return summary
 
 # %% ../../nbs/bench/09_pretrained.ipynb #a15b8a85
-PROBE_REPS = ("sane", "sane_std", "sane_layers", "untrained:sane_layers", "s(W)", "W")   # the rows `markdown` shows
+PROBE_REPS = ("sane", "sane_std", "sane_layers", "untrained:sane_layers", "s(W)", "s(tokens)", "s(W_rec)", "W")   # the rows `markdown` shows, where present
 
 def _probe(args)->list:
     "One seed's probe table on the held-out models of its own zoo (`probe_run`: linear and gradient boosting), cached in the run"
@@ -271,7 +271,8 @@ def _probe_markdown(summary:dict)->list:
     "Test accuracy on the pretraining zoo's test models, every representation and probe family, mean ± std over seeds"
     p, ms = summary["probe"], lambda v: "{:.3f} ± {:.3f}".format(*v)
     rows = [f"| {rep} | " + " | ".join(f"{ms(p[k]['r2'])} | {ms(p[k]['tau'])}" if (k := f"{fam}/{rep}") in p else "— | —"
-                                       for fam in ("linear", "nonlinear")) + " |" for rep in PROBE_REPS]
+                                       for fam in ("linear", "nonlinear")) + " |"
+            for rep in PROBE_REPS if any(f"{fam}/{rep}" in p for fam in ("linear", "nonlinear"))]   # (older files lack the newer rows)
     return ["", f"Test accuracy of the pretraining zoo's test models (`probe_run`, seeds {summary['seeds']}):", "",
             "| representation | linear R² | linear τ | gradient boosting R² | gradient boosting τ |", "|---|---|---|---|---|", *rows]
 
