@@ -13,7 +13,7 @@ from ..core import cache_path, save_json, load_json, spawn_map
 from ..zoo import make_zoo
 from ..zoo_io import load_zoo
 from ..dataset import tokenize_zoo
-from ..probe import ProbeTable, predict_properties, representations
+from ..probe import ProbeTable, predict_properties, representations, POOLINGS
 from ..train import pretrain_on_zoo
 from .parity import parity_config, padding_gamma
 from ..diagnose import diagnose, untrained_representations
@@ -147,7 +147,7 @@ def _named(rows:list, variant:str)->ProbeTable:
     "A variant's probe rows: `sane` (the published SANE, with the baselines and the floor) as is, another's SANE rows as `variant:name`"
     if variant == "sane": return ProbeTable(rows)
     return ProbeTable({**r, "representation": f"{variant}:{r['representation']}"} for r in rows
-                      if not r["representation"].startswith("untrained:") and r["representation"] not in ("s(W)", "s(tokens)", "W"))
+                      if r["representation"] in POOLINGS)   # SANE's own rows: not the floor, not the weight baselines
 
 def run(
     quick:bool=False,      # reduced size (about 3 minutes on 2 cores)
