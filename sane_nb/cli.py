@@ -208,7 +208,8 @@ def _run_table(info:dict, out:str, where:str)->str:
     diag = Diagnosis.from_dict(load_json(Path(out, "diagnosis.json")))
     return "\n".join([_table({"run": Path(out).resolve(), "zoo": info["zoo"], "SANE": f"preset {info['preset']}: d_model {c['d_model']}, "
                                f"{c['n_layers']}+{c['n_layers']} layers, latent {c['lat_dim']} per token of {c['tokensize']}, window {c['windowsize']}"
-                               + (f", per-layer s(W) head (weight {w}, {c.get('layer_stats_loss', 'mse')} loss)" if (w := c.get("layer_stats_head")) else ""),
+                               + (f", per-layer s(W) head (weight {w}, {c.get('layer_stats_loss', 'mse')} loss)" if (w := c.get("layer_stats_head")) else "")
+                               + (f", per-token statistics head (weight {w}{', with extremes' if c.get('stats_extremes') else ''})" if (w := c.get("stats_head")) else ""),
                                "training": f"{info['steps']} steps of {info['bs']}, lr {info['lr']}, contrastive weight γ {info.get('gamma', 0.05)}, {info['pretrain_s']:.0f} s" + (
                                    f" ({p} processes: {info['steps']//p} optimiser steps of {p*info['bs']})" if (p := info.get("processes", 1)) > 1 else ""),
                                "loss": f"{info['loss_first']:.3f} -> {info['loss_last']:.3f}", "computed on": where,
@@ -230,6 +231,8 @@ def sane_pretrain(
     token_stats:bool=False,   # feed each token's mean and rms to the SANE (not published; better embeddings on digits zoos)
     layer_stats_head:float=0.0, # weight of a label-free head teaching each layer's mean latent its s(W) (not published; needs more steps: see 10_pipeline)
     layer_stats_loss:str="mse", # that head's loss: mse, or corr (every statistic standardised over the batch; see 06b_losses)
+    stats_head:float=0.0,     # weight of a label-free head teaching each token's latent its token's mean, std and rms (not published; see 06b_losses)
+    stats_extremes:bool=False, # that head also predicts each token's largest and smallest entry (not published; see bench/10_defaults)
     gamma:float=0.3,          # weight of the contrastive loss (published 0.05, which left small zoos below the untrained SANE: see 10_pipeline)
     lat_dim:str="half",       # latent width per token: half (half the token, rounded down), a number, or 0 (the preset's)
     device:str="auto",        # auto, cpu, cuda, cuda:N or mps (auto: a CUDA GPU, else MPS, else the CPU)

@@ -109,7 +109,7 @@ def sane_loss(
     con = nt_xent(zp[:B], zp[B:], tau)
     loss, core = gamma*con + (1-gamma)*rec, _core(model)
     if core.stats_head is not None:   # the optional auxiliary loss (below); not part of the published SANE
-        t = row_stats(xx.float(), m)
+        t = row_stats(xx.float(), m, core.cfg.stats_extremes)
         loss = loss + core.cfg.stats_head * masked_mse(core.stats_head(z), t, m.any(-1, keepdim=True).expand_as(t))
     if core.layer_stats_head is not None:   # the optional per-layer s(W) loss (below); not part of the published SANE
         layer, L = p[..., 1], core.cfg.max_positions[1]
@@ -124,12 +124,17 @@ def sane_loss(
 def row_stats(
     x:Tensor,      # tokens [B, N, T]
     mask:Tensor,   # bool [B, N, T]: True on real entries
-)->Tensor:         # [B, N, 3]: mean, std and root mean square over each token's real entries (0 for padding tokens)
-    "The targets of the auxiliary row-statistics head: first and second moments of every token's real entries"
+    extremes:bool=False, # also each token's largest and smallest real entry (`SaneConfig.stats_extremes`)
+)->Tensor:         # [B, N, 3] (mean, std, root mean square) or [B, N, 5] (+ max, min) over each token's real entries; 0 for padding tokens
+    "The targets of the auxiliary row-statistics head: first and second moments (and the extremes) of every token's real entries"
     m = mask.to(x.dtype)
     n = m.sum(-1).clamp_min(1)
     mean, ms = (x*m).sum(-1)/n, (x*x*m).sum(-1)/n
-    return torch.stack([mean, (ms - mean**2).clamp_min(0).sqrt(), ms.sqrt()], -1)
+    out = [mean, (ms - mean**2).clamp_min(0).sqrt(), ms.sqrt()]
+    if extremes:
+        real = mask.any(-1)
+        out += [x.masked_fill(~mask, -torch.inf).amax(-1).where(real, 0), x.masked_fill(~mask, torch.inf).amin(-1).where(real, 0)]
+    return torch.stack(out, -1)
 
 # %% ../nbs/api/06b_losses.ipynb #e20c9479
 def layer_stats(

@@ -34,6 +34,7 @@ class SaneConfig:
     proj_pool:str="flatten"    # "flatten": published head over W*lat (tied to W); "mean": mean over tokens, any length
     final_ln:bool=False        # a LayerNorm after each stack (published: none)
     stats_head:float=0.0       # weight of the auxiliary row-statistics loss (`row_stats`); 0: no head (published)
+    stats_extremes:bool=False  # that head also predicts each token's largest and smallest real entry (5 targets, not 3)
     layer_stats_head:float=0.0 # weight of the auxiliary per-layer s(W) loss (`layer_stats`); 0: no head (published)
     layer_stats_loss:str="mse" # that loss: "mse" on the statistics as they are, "corr" on each standardised over the batch (`standardized_mse`)
     token_stats:bool=False     # also feed each token's mean and root mean square to the tokenizer (`token_moments`; published: no)
@@ -46,6 +47,8 @@ class SaneConfig:
         if self.proj_pool not in ("flatten", "mean"): raise ValueError(f"proj_pool must be 'flatten' or 'mean', got {self.proj_pool!r}")
         for k in ("stats_head", "layer_stats_head"):
             if not getattr(self, k) >= 0: raise ValueError(f"{k} is a loss weight and must be >= 0, got {getattr(self, k)}")
+        if self.stats_extremes and not self.stats_head > 0:
+            raise ValueError("stats_extremes=True adds targets to the row-statistics head, which stats_head=0 leaves out; give stats_head a weight")
         if self.layer_stats_loss not in ("mse", "corr"):
             raise ValueError(f"layer_stats_loss must be 'mse' or 'corr', got {self.layer_stats_loss!r}")
         if self.lat_dim >= self.tokensize:
@@ -219,7 +222,7 @@ class SANE(nn.Module):
         self.encoder = Transformer(cfg.n_layers, d, cfg.n_heads, cfg.dropout, cfg.final_ln)
         self.decoder = Transformer(cfg.n_layers, d, cfg.n_heads, cfg.dropout, cfg.final_ln)
         self.projection_head = ProjectionHead(cfg.lat_dim, cfg.windowsize, cfg.proj_dim, cfg.proj_pool)
-        self.stats_head = nn.Linear(cfg.lat_dim, 3) if cfg.stats_head > 0 else None  # latent -> [mean, std, rms] of its token
+        self.stats_head = nn.Linear(cfg.lat_dim, 3 + 2*cfg.stats_extremes) if cfg.stats_head > 0 else None  # latent -> [mean, std, rms(, max, min)] of its token
         self.layer_stats_head = nn.Linear(cfg.lat_dim, 7) if cfg.layer_stats_head > 0 else None  # layer's mean latent -> its s(W)
         self.drop = nn.Dropout(cfg.dropout)
         self.apply(_init_weights)

@@ -67,6 +67,8 @@ def pretrain_run(
     token_stats:bool=False, # feed each token's mean and rms to the SANE (`SaneConfig.token_stats`; not published)
     layer_stats_head:float=0.0, # weight of the label-free per-layer s(W) head (`SaneConfig.layer_stats_head`; not published; 0: none)
     layer_stats_loss:str="mse", # that head's loss: "mse" or "corr" (each statistic standardised over the batch; `SaneConfig.layer_stats_loss`)
+    stats_head:float=0.0,   # weight of the label-free per-token statistics head (`SaneConfig.stats_head`; not published; 0: none)
+    stats_extremes:bool=False, # that head also predicts each token's largest and smallest entry (`SaneConfig.stats_extremes`)
     gamma:float=0.3,        # weight γ of the contrastive loss, 1-γ of reconstruction (published 0.05; see below)
     lat_dim:int|str="half", # latent width per token: "half" the token (rounded down), a number, or 0 (the preset's); see below
     progress:bool=True,
@@ -76,18 +78,23 @@ def pretrain_run(
     check_options("pretrain_run", preset=(preset, tuple(PRESETS)), steps=(steps, "int>=1"), bs=(bs, "int>=1"),
                   lr=(lr, "float>0"), tokensize=(tokensize, "int>=0"), windowsize=(windowsize, "int>=0|None"),
                   min_acc=(min_acc, "[0,1]"), min_epoch=(min_epoch, "int>=0"), seed=(seed, "int>=0"), token_stats=(token_stats, (True, False)),
-                  gamma=(gamma, "[0,1]"), layer_stats_head=(layer_stats_head, "float>=0"), layer_stats_loss=(layer_stats_loss, ("mse", "corr")))
+                  gamma=(gamma, "[0,1]"), layer_stats_head=(layer_stats_head, "float>=0"), layer_stats_loss=(layer_stats_loss, ("mse", "corr")),
+                  stats_head=(stats_head, "float>=0"), stats_extremes=(stats_extremes, (True, False)))
     if not (lat_dim == "half" or (isinstance(lat_dim, (int, np.integer)) and not isinstance(lat_dim, bool) and lat_dim >= 0)):
         raise ValueError(f"pretrain_run: option 'lat_dim' must be 'half' or an integer >= 0, got {lat_dim!r}")
     lat_dim = lat_dim if lat_dim == "half" else int(lat_dim)
     if layer_stats_loss != "mse" and not layer_stats_head:
         raise ValueError(f"pretrain_run: option 'layer_stats_loss' ({layer_stats_loss!r}) is the loss of the per-layer s(W) head, "
                          "which layer_stats_head=0 leaves out; give layer_stats_head a weight (e.g. 0.3)")
+    if stats_extremes and not stats_head:
+        raise ValueError("pretrain_run: option 'stats_extremes' adds targets to the per-token statistics head, "
+                         "which stats_head=0 leaves out; give stats_head a weight (e.g. 30)")
     out, zoo_path = Path(out), Path(zoo).resolve()
     if not zoo_path.exists(): raise FileNotFoundError(f"pretrain_run: no zoo folder at {zoo_path}")
     settings = dict(zoo=str(zoo_path), preset=preset, steps=steps, bs=bs, lr=lr, tokensize=tokensize,
                     windowsize=windowsize, min_acc=min_acc, min_epoch=min_epoch, seed=seed, token_stats=token_stats, gamma=gamma,
-                    lat_dim=lat_dim, layer_stats_head=layer_stats_head, layer_stats_loss=layer_stats_loss)
+                    lat_dim=lat_dim, layer_stats_head=layer_stats_head, layer_stats_loss=layer_stats_loss,
+                    stats_head=stats_head, stats_extremes=stats_extremes)
     zoo = load_zoo(zoo_path)     # a zoo that cannot be read or split is refused before anything is written
     split = _training_split(zoo, zoo.split(seed=42 + seed), min_acc, min_epoch)
     init_distributed()           # under torchrun: rank 0 prepares the run folder, every rank trains
@@ -100,6 +107,7 @@ def pretrain_run(
         return old if rank() == 0 else {**settings, "rank": rank()}
     tz = load_token_zoo(out/"tokens")
     cfg = fit_config(tz, preset, windowsize, token_stats=token_stats, layer_stats_head=layer_stats_head, layer_stats_loss=layer_stats_loss,
+                     stats_head=stats_head, stats_extremes=stats_extremes,
                      **_latent(lat_dim, tz.tokens.shape[-1]))
     dev = default_device(device)
     t0 = time.time()
@@ -128,7 +136,8 @@ def _latent(lat_dim:int|str, tokensize:int)->dict:
     if lat_dim == "half": return {"lat_dim": max(1, tokensize//2)}
     return {"lat_dim": lat_dim} if lat_dim else {}
 
-_ADDED_SETTINGS = {"token_stats": False, "gamma": 0.05, "lat_dim": 0, "layer_stats_head": 0.0, "layer_stats_loss": "mse"}   # settings newer than some run folders, with the value those folders ran with
+_ADDED_SETTINGS = {"token_stats": False, "gamma": 0.05, "lat_dim": 0, "layer_stats_head": 0.0, "layer_stats_loss": "mse",
+                   "stats_head": 0.0, "stats_extremes": False}   # settings newer than some run folders, with the value those folders ran with
 
 def _finished(out, settings, check_only:bool=False)->bool:
     "Whether `out` holds this run finished; refuses a folder holding another run (one that stopped before training is redone)"
