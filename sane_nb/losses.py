@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .model import SANE, SaneConfig
 from .distributed import world_size, all_gather_with_grad, all_reduce_sum
-from .probe import _QUANTILES
+from .probe import _QUANTILES, _token_max_min
 
 # %% auto #0
 __all__ = ['SyntheticTokens', 'synthetic_loaders', 'masked_mse', 'nt_xent', 'sane_loss', 'row_stats', 'layer_stats', 'layer_pool',
@@ -131,9 +131,7 @@ def row_stats(
     n = m.sum(-1).clamp_min(1)
     mean, ms = (x*m).sum(-1)/n, (x*x*m).sum(-1)/n
     out = [mean, (ms - mean**2).clamp_min(0).sqrt(), ms.sqrt()]
-    if extremes:
-        real = mask.any(-1)
-        out += [x.masked_fill(~mask, -torch.inf).amax(-1).where(real, 0), x.masked_fill(~mask, torch.inf).amin(-1).where(real, 0)]
+    if extremes: out += [e.where(mask.any(-1), 0) for e in _token_max_min(x, mask)]   # (as the s(tokens) baseline reads them)
     return torch.stack(out, -1)
 
 # %% ../nbs/api/06b_losses.ipynb #e20c9479

@@ -174,6 +174,10 @@ def weight_stats(
         feats += [v.mean(1, keepdim=True), v.var(1, keepdim=True, correction=0), torch.quantile(v, q, dim=1).T]
     return torch.cat(feats, 1).float()
 
+def _token_max_min(x:Tensor, mask:Tensor)->tuple[Tensor, Tensor]: # [..., T], bool broadcastable to it -> ([...], [...])
+    "Each token's largest and smallest real entry (-inf and inf for a token without one)"
+    return x.masked_fill(~mask, -torch.inf).amax(-1), x.masked_fill(~mask, torch.inf).amin(-1)
+
 def token_extremes(
     tokens:Tensor, # [n,N,T] tokens of n models of one architecture
     mask:Tensor,   # [N,T] real entries (True) vs padding
@@ -183,9 +187,7 @@ def token_extremes(
     if tokens.ndim != 3 or tokens.shape[1:] != mask.shape:
         raise ValueError(f"tokens must be [n,N,T] matching mask {tuple(mask.shape)}, got {tuple(tokens.shape)}")
     real = mask.any(1)   # tokens with at least one real entry
-    x = tokens.double()
-    big = x.masked_fill(~mask, -torch.inf).amax(-1)[:, real]    # [n, N_real]
-    small = x.masked_fill(~mask, torch.inf).amin(-1)[:, real]
+    big, small = (e[:, real] for e in _token_max_min(tokens.double(), mask))   # [n, N_real] each
     layer, feats = pos[real, 1], []
     for l in layer.unique(sorted=True).tolist():
         for e in (big[:, layer == l], small[:, layer == l]): feats += [e.mean(1, keepdim=True), e.std(1, correction=0, keepdim=True)]
