@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from ..core import cache_path, save_json, load_json, spawn_map
-from ..pipeline import pretrain_run, probe_run, load_run
+from ..core import cache_path, save_json, load_json, load_tensors, spawn_map
+from ..pipeline import pretrain_run, probe_run, load_run, embed_run, _in_order
 from ..dataset import load_token_zoo
 from ..probe import weight_stats, predict_properties
 from ..diagnose import stats_readout, SW_STATS
@@ -29,7 +29,8 @@ CONFIGS = {"default": dict(preset="digits", lat_dim="half", gamma=0.3),   # pret
            "tokstats": dict(preset="digits", lat_dim="half", gamma=0.3, token_stats=True),     # the defaults + each token's mean and rms as input (not published)
            "lcorr": dict(preset="digits", lat_dim="half", gamma=0.3, layer_stats_head=0.3, layer_stats_loss="corr"),   # lstats, every statistic standardised over the batch
            "lcorr1": dict(preset="digits", lat_dim="half", gamma=0.3, layer_stats_head=1.0, layer_stats_loss="corr"),   # ... at weight 1
-           "extremes": dict(preset="digits", lat_dim="half", gamma=0.3, stats_head=30.0, stats_extremes=True)}   # the defaults + the per-token statistics head with each token's extremes, weight 30 (not published)
+           "extremes": dict(preset="digits", lat_dim="half", gamma=0.3, stats_head=30.0, stats_extremes=True),   # the defaults + the per-token statistics head with each token's extremes, weight 30 (not published)
+           "extremes10": dict(preset="digits", lat_dim="half", gamma=0.3, stats_head=10.0, stats_extremes=True)}   # ... at weight 10
 BUDGET = dict(steps=3000, bs=16, lr=1e-3)                                 # pretrain_run's default budget (1,000 steps until 2026-12-02)
 ZOOS = {"seed": (100, 6), "hyper": (100, 6)}                              # the two zoos of `sane_bench probe --size mid`
 SIZES = {"full": dict(zoos=ZOOS, seeds=(0, 1, 2), budget=BUDGET, families=("linear", "nonlinear"), configs=("default", "published", "lstats", "tokstats", "lcorr", "lcorr1")),
@@ -37,7 +38,7 @@ SIZES = {"full": dict(zoos=ZOOS, seeds=(0, 1, 2), budget=BUDGET, families=("line
                        configs=("default", "published", "former")),   # the former default budget, with the settings it compared
          "long": dict(zoos={"seed": ZOOS["seed"]}, seeds=(0, 1, 2), budget={**BUDGET, "steps": 6000}, families=("linear", "nonlinear"),
                       configs=("default",)),   # twice the default budget: does the read-out keep improving?
-         "rec": dict(zoos=ZOOS, seeds=(0, 1, 2), budget=BUDGET, families=("linear", "nonlinear"), configs=("default", "lcorr1", "extremes")),   # full's two leading settings again, with s(W_rec), s(tokens) and the extremes head
+         "rec": dict(zoos=ZOOS, seeds=(0, 1, 2), budget=BUDGET, families=("linear", "nonlinear"), configs=("default", "lcorr1", "extremes", "extremes10")),   # full's two leading settings again, with s(W_rec), s(tokens) and the extremes head at two weights
          "quick": dict(zoos={"seed": (24, 3)}, seeds=(0,), budget={**BUDGET, "steps": 100}, families=("linear",),
                        configs=("default", "published", "former"))}   # minutes: the pieces fit
 
@@ -77,20 +78,40 @@ def _sw_spread(tokens)->dict:
     share = sw.var(0, correction=0)/sw.pow(2).mean(0)
     return {k: dict(zip(SW_STATS, v.mean(0).tolist())) for k, v in (("level", sw.mean(0)), ("spread", sw.std(0, correction=0)), ("share", share))}
 
+def _probe_later(out:Path, seed:int, families)->list:
+    "Probe rows of test accuracy on the checkpoints of epoch 1 and later only (at epoch 0 accuracy is chance, which s(W) reads off the initialisation); cached in the run folder"
+    if (f := out/"probe"/"probe_e1.json").exists(): return load_json(f)
+    tz = load_run(out).tz
+    feats = _in_order(load_tensors(embed_run(out, seed=seed)))   # every representation `probe_run` compares, embedded once into the run folder
+    later = {k: v[tz.props["epoch"][v] >= 1] for k, v in tz.splits.items()}
+    return list(predict_properties(feats, tz.props, later, targets=("test_acc",), categorical=(), families=families, seed=seed, out=f))
+
 def _one(args)->dict:
-    "Pretrain (or resume) one setting on one zoo for one seed, probe it; {settings, diagnosis, probe rows of test accuracy}"
+    "Pretrain (or resume) one setting on one zoo for one seed, probe it; {settings, diagnosis, probe rows of test accuracy: all epochs, epochs >= 1}"
     folder, zoo_path, name, seed, size = args
     S, out = SIZES[size], Path(folder)/f"{name}_s{seed}"
     torch.set_num_threads(1)
     info = pretrain_run(zoo_path, out, **CONFIGS[name], **S["budget"], seed=seed, progress=False)
     if not (out/"probe"/"probe.json").exists(): probe_run(out, families=S["families"], seed=seed, progress=False)
+    later = _probe_later(out, seed, S["families"])
     return {"setting": name, "seed": seed, "lat_dim": info["config"]["lat_dim"], "tokensize": info["config"]["tokensize"],
             "pretrain_s": info["pretrain_s"], "learned": info["learned"], "diagnosis": (diag := load_json(out/"diagnosis.json"))["checks"],
             "floor_untrained": diag["floor"]["random_init"],   # the untrained twin's best linear R² (the floor check's bar)
             "readout": _readouts(out),
-            "rows": [r for r in load_json(out/"probe"/"probe.json") if r["target"] == "test_acc" and r["representation"] in PROBE_REPS]}
+            "rows": [r for r in load_json(out/"probe"/"probe.json") if r["target"] == "test_acc" and r["representation"] in PROBE_REPS],
+            "rows_e1": [r for r in later if r["representation"] in PROBE_REPS]}
 
 # %% ../../nbs/bench/10_defaults.ipynb #db2f2353
+def _best(probe:dict)->dict:
+    "Per probe family: the best SANE pooling by mean R² over seeds, its untrained twin and the baselines (R² mean, std)"
+    best = {}
+    for fam in dict.fromkeys(k.split("/")[0] for k in probe):
+        rep = max((p for p in ("sane", "sane_std", "sane_layers") if f"{fam}/{p}" in probe), key=lambda p: probe[f"{fam}/{p}"]["r2"][0])
+        best[fam] = {"pooling": rep, "sane": probe[f"{fam}/{rep}"]["r2"], "untrained": probe[f"{fam}/untrained:{rep}"]["r2"],
+                     "s(W)": probe[f"{fam}/s(W)"]["r2"], "W": probe[f"{fam}/W"]["r2"],
+                     **{k: probe[f"{fam}/{k}"]["r2"] for k in LATER_REPS if f"{fam}/{k}" in probe}}
+    return best
+
 def over_seeds(results:list)->dict:
     "One zoo's runs ({setting, seed, ...} from `_one`) summarised per setting"
     out = {}
@@ -98,16 +119,12 @@ def over_seeds(results:list)->dict:
         rs = sorted((r for r in results if r["setting"] == name), key=lambda r: r["seed"])
         checks = {k: [r["diagnosis"][k]["value"] for r in rs] for k in rs[0]["diagnosis"]}
         probe = probe_summary([r["rows"] for r in rs])   # "family/representation" -> R² and τ over seeds (as `bench/09_pretrained`)
-        best = {}
-        for fam in dict.fromkeys(k.split("/")[0] for k in probe):
-            rep = max((p for p in ("sane", "sane_std", "sane_layers") if f"{fam}/{p}" in probe), key=lambda p: probe[f"{fam}/{p}"]["r2"][0])
-            best[fam] = {"pooling": rep, "sane": probe[f"{fam}/{rep}"]["r2"], "untrained": probe[f"{fam}/untrained:{rep}"]["r2"],
-                         "s(W)": probe[f"{fam}/s(W)"]["r2"], "W": probe[f"{fam}/W"]["r2"],
-                         **{k: probe[f"{fam}/{k}"]["r2"] for k in LATER_REPS if f"{fam}/{k}" in probe}}
+        probe_e1 = probe_summary([r["rows_e1"] for r in rs])   # the same on the checkpoints of epoch 1 and later
+        best, best_e1 = _best(probe), _best(probe_e1)
         out[name] = {"learned": sum(r["learned"] for r in rs), "seeds": [r["seed"] for r in rs], "lat_dim": rs[0]["lat_dim"],
                      "tokensize": rs[0]["tokensize"], "pretrain_s": _ms([r["pretrain_s"] for r in rs]),
                      "checks": checks, "floor_untrained": [r["floor_untrained"] for r in rs], "passed": {k: [r["diagnosis"][k]["passed"] for r in rs] for k in checks},
-                     "probe": probe, "best": best,
+                     "probe": probe, "best": best, "probe_e1": probe_e1, "best_e1": best_e1,
                      "readout": {s: _ms([r["readout"]["mean_over_layers"][s] for r in rs]) for s in SW_STATS},   # layer means -> s(W), mean R² over layers
                      "sw_groups": {g: _ms([r["readout"]["sw_groups"][g] for r in rs]) for g in SW_GROUPS}}   # (the same for every setting: zoo and splits)
     return out
@@ -154,13 +171,16 @@ def markdown(summary:dict)->str:
             fl = " / ".join(f"{a:.3f} vs {b:.3f}" for a, b in zip(s["checks"]["floor"], s["floor_untrained"]))
             out.append(f"| {name} | {s['lat_dim']}/{s['tokensize']} | {s['learned']} of {n} | {seeds(s['checks']['retrieval'])} | "
                        f"{seeds(s['checks']['reconstruction'])} | {fl} |")
-        later = [k for k in LATER_REPS if all(k in b for s in z.values() for b in s["best"].values())]
-        out += ["", "| setting | probe | best SANE pooling | R² SANE | R² untrained | R² s(W) |" + "".join(f" R² {k} |" for k in later) + " R² W |",
-                "|---|---|---|---|---|---|" + "---|"*len(later) + "---|"]
-        for name, s in z.items():
-            for fam, b in s["best"].items():
-                out.append(f"| {name} | {fam} | {b['pooling']} | {f(b['sane'])} | {f(b['untrained'])} | {f(b['s(W)'])} |"
-                           + "".join(f" {f(b[k])} |" for k in later) + f" {f(b['W'])} |")
+        for key, which in (("best", "all checkpoints"), ("best_e1", "checkpoints of epoch 1 and later only")):
+            if not all(key in s for s in z.values()): continue   # (summaries written before 2026-12-03 have no epoch >= 1 rows)
+            later = [k for k in LATER_REPS if all(k in b for s in z.values() for b in s[key].values())]
+            out += ["", f"R² on test accuracy, {which}:", "",
+                    "| setting | probe | best SANE pooling | R² SANE | R² untrained | R² s(W) |" + "".join(f" R² {k} |" for k in later) + " R² W |",
+                    "|---|---|---|---|---|---|" + "---|"*len(later) + "---|"]
+            for name, s in z.items():
+                for fam, b in s[key].items():
+                    out.append(f"| {name} | {fam} | {b['pooling']} | {f(b['sane'])} | {f(b['untrained'])} | {f(b['s(W)'])} |"
+                               + "".join(f" {f(b[k])} |" for k in later) + f" {f(b['W'])} |")
         if sp := summary.get("sw_spread", {}).get(kind):
             out += ["", "s(W)'s statistics, standardised tokens, mean over layers: " + "; ".join(
                 f"{k} {sp['level'][k]:.2f} ± {sp['spread'][k]:.3f} ({100*sp['share'][k]:.1f}% of its mean square between checkpoints)" for k in SW_STATS)]
