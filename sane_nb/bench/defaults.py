@@ -39,6 +39,8 @@ SIZES = {"full": dict(zoos=ZOOS, seeds=(0, 1, 2), budget=BUDGET, families=("line
          "long": dict(zoos={"seed": ZOOS["seed"]}, seeds=(0, 1, 2), budget={**BUDGET, "steps": 6000}, families=("linear", "nonlinear"),
                       configs=("default",)),   # twice the default budget: does the read-out keep improving?
          "rec": dict(zoos=ZOOS, seeds=(0, 1, 2), budget=BUDGET, families=("linear", "nonlinear"), configs=("default", "lcorr1", "extremes", "extremes10")),   # full's two leading settings again, with s(W_rec), s(tokens) and the extremes head at two weights
+         "zoo200": dict(zoos={"seed": (200, 6), "hyper": (200, 6)}, seeds=(0, 1, 2), budget=BUDGET, families=("linear", "nonlinear"),
+                        configs=("default", "lcorr1")),   # rec's two leading settings on zoos of twice the models, at the same budget
          "quick": dict(zoos={"seed": (24, 3)}, seeds=(0,), budget={**BUDGET, "steps": 100}, families=("linear",),
                        configs=("default", "published", "former"))}   # minutes: the pieces fit
 
