@@ -83,8 +83,8 @@ def _sw_spread(tokens)->dict:
 def _probe_later(out:Path, seed:int, families)->list:
     "Probe rows of test accuracy on the checkpoints of epoch 1 and later only (at epoch 0 accuracy is chance, which s(W) reads off the initialisation); cached in the run folder"
     if (f := out/"probe"/"probe_e1.json").exists(): return load_json(f)
-    tz = load_run(out).tz
-    feats = _in_order(load_tensors(embed_run(out, seed=seed)))   # every representation `probe_run` compares, embedded once into the run folder
+    run = load_run(out)
+    tz, feats = run.tz, _in_order(load_tensors(embed_run(run, seed=seed)))   # every representation `probe_run` compares (`_one` embedded them)
     later = {k: v[tz.props["epoch"][v] >= 1] for k, v in tz.splits.items()}
     return list(predict_properties(feats, tz.props, later, targets=("test_acc",), categorical=(), families=families, seed=seed, out=f))
 
@@ -94,6 +94,7 @@ def _one(args)->dict:
     S, out = SIZES[size], Path(folder)/f"{name}_s{seed}"
     torch.set_num_threads(1)
     info = pretrain_run(zoo_path, out, **CONFIGS[name], **S["budget"], seed=seed, progress=False)
+    embed_run(out, seed=seed)   # every representation, once, into the run folder: both probes below read it
     if not (out/"probe"/"probe.json").exists(): probe_run(out, families=S["families"], seed=seed, progress=False)
     later = _probe_later(out, seed, S["families"])
     return {"setting": name, "seed": seed, "lat_dim": info["config"]["lat_dim"], "tokensize": info["config"]["tokensize"],
