@@ -19,7 +19,7 @@ from .core import save_json, progress as _progress
 __all__ = ['RIDGE_LAMBDAS', 'LOGISTIC_CS', 'SUMMARY_REPS', 'POOLINGS', 'halo_windows', 'check_positions', 'encode_windows',
            'Embeddings', 'embed', 'encode_tokens', 'weight_stats', 'token_extremes', 'flat_weights', 'r2_score',
            'kendall_tau', 'Standardizer', 'ridge_fit', 'fit_probe', 'select_ridge', 'ProbeTable', 'predict_properties',
-           'representations']
+           'stacked_probes', 'representations']
 
 # %% ../nbs/api/08_probe.ipynb #7c1cef27
 def halo_windows(
@@ -360,6 +360,58 @@ def _probe_all(features, props, idx, targets, categorical, families, seed, rows,
                 m = dict(acc=float(np.mean(yp == y[te]))) if cat else dict(r2=r2_score(y[te], yp), tau=kendall_tau(y[te], yp))
                 rows.append(dict(representation=name, family=fam, target=t, **m, n_features=X.shape[1], hyper=hyper,
                                  n_train=len(tr), n_test=len(te)))
+
+# %% ../nbs/api/08_probe.ipynb #c4797540
+def _refit(family:str, Xtr, ytr, hyper, seed:int):
+    "A regression probe of `family` fit again on other data with the hyperparameter chosen before (ridge λ; boosting's are fixed)"
+    if family == "linear":
+        w, b = ridge_fit(Xtr, ytr, hyper)
+        return lambda X: X @ w + b
+    return fit_probe(family, False, Xtr, ytr, None, None, seed)[0]
+
+def _model_folds(props:list, tr:np.ndarray, folds:int, seed:int)->np.ndarray: # [len(tr)] fold of each training checkpoint
+    "Folds of the training checkpoints by model (`model_id`; each checkpoint its own model where absent), models shuffled by `seed`"
+    ids = np.array([str(props[i].get("model_id", i)) for i in tr])
+    models = np.random.default_rng(seed).permutation(np.unique(ids))
+    return np.array([dict(zip(models, np.arange(len(models)) % folds))[m] for m in ids])
+
+def stacked_probes(
+    features:dict,       # representation name -> [n, d] features; must hold `base`
+    props,               # as `predict_properties`
+    split:dict,          # as `predict_properties`
+    base:str="s(W)",     # the representation the others are stacked on
+    targets=("test_acc",), # numerical targets
+    families=("linear", "nonlinear"), # probe families, see `fit_probe`
+    folds:int=5,         # folds by model of the cross-fitted training residuals
+    seed:int=0,          # random state of the folds and of the non-linear probes
+    out:str|Path|None=None, # write the rows as JSON here
+)->ProbeTable:           # rows named "base+name", one per other representation, target and family
+    "What each representation adds to `base`: a second probe on the base probe's residuals (cross-fitted by model on the training split)"
+    if base not in features: raise KeyError(f"stacked_probes: base {base!r} is not among the representations {sorted(features)}")
+    if folds < 2: raise ValueError(f"stacked_probes: folds must be at least 2, got {folds}")
+    if isinstance(props, dict): props = [dict(zip(props, row)) for row in zip(*props.values())]
+    n, rows = len(props), ProbeTable()
+    X = {k: np.asarray(v, np.float64).reshape(n, -1) for k, v in features.items()}
+    with threadpool_limits(1):
+        for t in targets:
+            y, ok = _target(props, t, False)
+            tr, va, te = (np.asarray(split[k], int)[ok[np.asarray(split[k], int)]] for k in ("train", "val", "test"))
+            fold, zb = _model_folds(props, tr, folds, seed), Standardizer(X[base][tr])
+            for fam in families:
+                pred, hyper = fit_probe(fam, False, zb(X[base][tr]), y[tr], zb(X[base][va]), y[va], seed)
+                oof = np.empty(len(tr))   # each fold's training models predicted by a base probe that never saw them
+                for k in np.unique(fold):
+                    oof[fold == k] = _refit(fam, zb(X[base][tr[fold != k]]), y[tr[fold != k]], hyper, seed)(zb(X[base][tr[fold == k]]))
+                r_tr, r_va = y[tr] - oof, y[va] - pred(zb(X[base][va]))
+                for name in (k for k in X if k != base):
+                    z = Standardizer(X[name][tr])
+                    pred2, hyper2 = fit_probe(fam, False, z(X[name][tr]), r_tr, z(X[name][va]), r_va, seed)
+                    yp = pred(zb(X[base][te])) + pred2(z(X[name][te]))
+                    rows.append(dict(representation=f"{base}+{name}", family=fam, target=t, r2=r2_score(y[te], yp),
+                                     tau=kendall_tau(y[te], yp), n_features=X[base].shape[1] + X[name].shape[1], hyper=hyper2,
+                                     n_train=len(tr), n_test=len(te)))
+    if out is not None: save_json(list(rows), out)
+    return rows
 
 # %% ../nbs/api/08_probe.ipynb #8b3304e9
 POOLINGS = {"sane": lambda e: e.model,                                       # published: mean over tokens

@@ -10,7 +10,7 @@ from torch import nn
 from sane_nb.model import SANE, SaneConfig
 from sane_nb.tokenize import tokenize
 from sane_nb.probe import (halo_windows, encode_windows, embed, encode_tokens, check_positions, weight_stats,
-                           flat_weights, ridge_fit, r2_score, kendall_tau, fit_probe, predict_properties, ProbeTable)
+                           flat_weights, ridge_fit, r2_score, kendall_tau, fit_probe, predict_properties, stacked_probes, ProbeTable)
 from sane_nb.analysis import powerlaw_alpha, spectral_features, spectral_array, pca_2d
 
 torch.set_num_threads(1)
@@ -188,6 +188,26 @@ def test_predict_properties_bad_input():
     props[0]["ggap"] = float("nan")
     t = predict_properties({"x": X}, props, split, targets=("ggap",), categorical=(), families=("linear",))
     assert t[0]["n_train"] == len(split["train"]) - 1
+
+
+def test_stacked_probes_find_what_the_base_lacks(tmp_path):
+    rng = np.random.default_rng(3)
+    n = 240                                           # 80 models x 3 checkpoints
+    seen, unseen = rng.normal(size=(2, n))
+    acc = 0.6*seen + 0.6*unseen + 0.05*rng.normal(size=n)
+    props = [{"test_acc": float(a), "model_id": i // 3} for i, a in enumerate(acc)]
+    split = {"train": np.arange(150), "val": np.arange(150, 195), "test": np.arange(195, n)}
+    feats = {"base": seen[:, None], "extra": np.c_[unseen, rng.normal(size=n)], "junk": rng.normal(size=(n, 3))}
+    base = {r["family"]: r["r2"] for r in predict_properties({"base": feats["base"]}, props, split, targets=("test_acc",), categorical=())}
+    rows = stacked_probes(feats, props, split, base="base", out=tmp_path/"s.json")
+    got = {(r["representation"], r["family"]): r["r2"] for r in rows}
+    assert set(got) == {(f"base+{k}", fam) for k in ("extra", "junk") for fam in ("linear", "nonlinear")}
+    assert got[("base+extra", "linear")] > 0.95 > 0.7 > base["linear"]          # the linear stack recovers the missing half
+    assert got[("base+extra", "nonlinear")] > base["nonlinear"] + 0.2
+    assert got[("base+junk", "linear")] < base["linear"] + 0.03                  # noise adds nothing
+    assert len(json.loads((tmp_path/"s.json").read_text())) == 4
+    with pytest.raises(KeyError, match="'s\\(W\\)' is not among"): stacked_probes(feats, props, split)
+    with pytest.raises(ValueError, match="folds must be at least 2"): stacked_probes(feats, props, split, base="base", folds=1)
 
 
 # ---------------------------------------------------------------- analysis

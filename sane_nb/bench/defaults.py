@@ -12,14 +12,14 @@ import torch
 from ..core import cache_path, save_json, load_json, load_tensors, spawn_map
 from ..pipeline import pretrain_run, probe_run, load_run, embed_run, _in_order
 from ..dataset import load_token_zoo
-from ..probe import weight_stats, predict_properties
+from ..probe import weight_stats, predict_properties, stacked_probes
 from ..diagnose import stats_readout, SW_STATS
 from .probe import bench_zoo
 from .pretrained import probe_summary, _ms
 
 # %% auto #0
-__all__ = ['CONFIGS', 'BUDGET', 'ZOOS', 'SIZES', 'PROBE_REPS', 'LATER_REPS', 'SW_GROUPS', 'commands', 'over_seeds', 'run',
-           'markdown']
+__all__ = ['CONFIGS', 'BUDGET', 'ZOOS', 'SIZES', 'PROBE_REPS', 'LATER_REPS', 'SW_GROUPS', 'STACK_REPS', 'commands', 'over_seeds',
+           'run', 'markdown']
 
 # %% ../../nbs/bench/10_defaults.ipynb #5bd5089f
 CONFIGS = {"default": dict(preset="digits", lat_dim="half", gamma=0.3),   # pretrain_run's defaults: latent 36 per token of 73
@@ -41,6 +41,8 @@ SIZES = {"full": dict(zoos=ZOOS, seeds=(0, 1, 2), budget=BUDGET, families=("line
          "rec": dict(zoos=ZOOS, seeds=(0, 1, 2), budget=BUDGET, families=("linear", "nonlinear"), configs=("default", "lcorr1", "extremes", "extremes10")),   # full's two leading settings again, with s(W_rec), s(tokens) and the extremes head at two weights
          "zoo200": dict(zoos={"seed": (200, 6), "hyper": (200, 6)}, seeds=(0, 1, 2), budget=BUDGET, families=("linear", "nonlinear"),
                         configs=("default", "lcorr1")),   # rec's two leading settings on zoos of twice the models, at the same budget
+         "zoo200long": dict(zoos={"seed": (200, 6), "hyper": (200, 6)}, seeds=(0, 1, 2), budget={**BUDGET, "steps": 6000}, families=("linear", "nonlinear"),
+                            configs=("default", "lcorr1")),   # ... at twice the steps: the same passes over each training checkpoint as the 100-model zoos
          "quick": dict(zoos={"seed": (24, 3)}, seeds=(0,), budget={**BUDGET, "steps": 100}, families=("linear",),
                        configs=("default", "published", "former"))}   # minutes: the pieces fit
 
@@ -88,6 +90,15 @@ def _probe_later(out:Path, seed:int, families)->list:
     later = {k: v[tz.props["epoch"][v] >= 1] for k, v in tz.splits.items()}
     return list(predict_properties(feats, tz.props, later, targets=("test_acc",), categorical=(), families=families, seed=seed, out=f))
 
+STACK_REPS = ("sane_layers", "untrained:sane_layers", "s(tokens)", "W")   # what each adds to s(W): SANE's per-layer read-out and its controls
+
+def _probe_stacked(out:Path, seed:int, families)->list:
+    "What each of `STACK_REPS` adds to s(W) on test accuracy, all checkpoints (`stacked_probes`); cached in the run folder"
+    if (f := out/"probe"/"probe_stack.json").exists(): return load_json(f)
+    run = load_run(out)
+    feats = load_tensors(embed_run(run, seed=seed))
+    return list(stacked_probes({k: feats[k] for k in ("s(W)",) + STACK_REPS}, run.tz.props, run.tz.splits, families=families, seed=seed, out=f))
+
 def _one(args)->dict:
     "Pretrain (or resume) one setting on one zoo for one seed, probe it; {settings, diagnosis, probe rows of test accuracy: all epochs, epochs >= 1}"
     folder, zoo_path, name, seed, size = args
@@ -102,7 +113,7 @@ def _one(args)->dict:
             "floor_untrained": diag["floor"]["random_init"],   # the untrained twin's best linear R² (the floor check's bar)
             "readout": _readouts(out),
             "rows": [r for r in load_json(out/"probe"/"probe.json") if r["target"] == "test_acc" and r["representation"] in PROBE_REPS],
-            "rows_e1": [r for r in later if r["representation"] in PROBE_REPS]}
+            "rows_e1": [r for r in later if r["representation"] in PROBE_REPS], "rows_stack": _probe_stacked(out, seed, S["families"])}
 
 # %% ../../nbs/bench/10_defaults.ipynb #db2f2353
 def _best(probe:dict)->dict:
@@ -124,10 +135,11 @@ def over_seeds(results:list)->dict:
         probe = probe_summary([r["rows"] for r in rs])   # "family/representation" -> R² and τ over seeds (as `bench/09_pretrained`)
         probe_e1 = probe_summary([r["rows_e1"] for r in rs])   # the same on the checkpoints of epoch 1 and later
         best, best_e1 = _best(probe), _best(probe_e1)
+        stack = probe_summary([r["rows_stack"] for r in rs])   # "family/s(W)+name" -> R² and τ over seeds
         out[name] = {"learned": sum(r["learned"] for r in rs), "seeds": [r["seed"] for r in rs], "lat_dim": rs[0]["lat_dim"],
                      "tokensize": rs[0]["tokensize"], "pretrain_s": _ms([r["pretrain_s"] for r in rs]),
                      "checks": checks, "floor_untrained": [r["floor_untrained"] for r in rs], "passed": {k: [r["diagnosis"][k]["passed"] for r in rs] for k in checks},
-                     "probe": probe, "best": best, "probe_e1": probe_e1, "best_e1": best_e1,
+                     "probe": probe, "best": best, "probe_e1": probe_e1, "best_e1": best_e1, "stack": stack,
                      "readout": {s: _ms([r["readout"]["mean_over_layers"][s] for r in rs]) for s in SW_STATS},   # layer means -> s(W), mean R² over layers
                      "sw_groups": {g: _ms([r["readout"]["sw_groups"][g] for r in rs]) for g in SW_GROUPS}}   # (the same for every setting: zoo and splits)
     return out
@@ -184,6 +196,12 @@ def markdown(summary:dict)->str:
                 for fam, b in s[key].items():
                     out.append(f"| {name} | {fam} | {b['pooling']} | {f(b['sane'])} | {f(b['untrained'])} | {f(b['s(W)'])} |"
                                + "".join(f" {f(b[k])} |" for k in later) + f" {f(b['W'])} |")
+        if all("stack" in s for s in z.values()):   # (summaries written before 2026-12-03 have no stacked rows)
+            out += ["", "What each representation adds to s(W) (`stacked_probes`: a second probe on s(W)'s residuals), R² on test accuracy, all checkpoints:", "",
+                    "| setting | probe | s(W) alone | " + " | ".join(f"s(W) + {k}" for k in STACK_REPS) + " |", "|---|---|---|" + "---|"*len(STACK_REPS)]
+            for name, s in z.items():
+                for fam in s["best"]:
+                    out.append(f"| {name} | {fam} | {f(s['best'][fam]['s(W)'])} | " + " | ".join(f(s["stack"][f"{fam}/s(W)+{k}"]["r2"]) for k in STACK_REPS) + " |")
         if sp := summary.get("sw_spread", {}).get(kind):
             out += ["", "s(W)'s statistics, standardised tokens, mean over layers: " + "; ".join(
                 f"{k} {sp['level'][k]:.2f} ± {sp['spread'][k]:.3f} ({100*sp['share'][k]:.1f}% of its mean square between checkpoints)" for k in SW_STATS)]
