@@ -17,7 +17,7 @@ from .zoo import make_zoo, zoo_images, parse_shard
 from .zoo_io import load_zoo
 from .dataset import tokenize_zoo, load_token_zoo
 from .model import PRESETS, fit_config
-from .probe import predict_properties, representations, token_extremes, SUMMARY_REPS
+from .probe import predict_properties, stacked_probes, representations, token_extremes, SUMMARY_REPS
 from .train import pretrain_on_zoo, load_sane, latest_checkpoint
 from .distributed import init_distributed, rank, world_size, finish_distributed
 from .diagnose import Diagnosis, diagnose, untrained_representations, reconstructed_stats
@@ -242,7 +242,7 @@ def probe_run(
     device:str|None=None,   # where to embed; None: `default_device()` (the probes fit on the CPU)
     progress:bool=True,     # progress of embedding and probing
 )->object:                  # the `ProbeTable`
-    "Embed every checkpoint of a run's zoo and probe its properties against s(W), s(tokens) and W; writes probe.json, probe.md, pca.png"
+    "Embed every checkpoint of a run's zoo and probe its properties against s(W), s(tokens) and W, and what SANE adds to s(W) (`stacked_probes`); writes probe.json, probe.md, pca.png"
     check_options("probe_run", seed=(seed, "int>=0"))
     if bad := [f for f in families if f not in ("linear", "nonlinear")]:
         raise ValueError(f"probe_run: option 'families' has unknown probe families {bad}; use 'linear' and/or 'nonlinear'")
@@ -257,8 +257,10 @@ def probe_run(
     else:
         if progress: print(f"probe: embedding {len(run.tz)} checkpoints (trained and untrained SANE)", flush=True)
         feats = _features(run, sane, seed)
-    table = predict_properties(feats, run.tz.props, run.tz.splits, families=families, seed=seed, out=out/"probe.json",
-                               progress=progress)
+    table = predict_properties(feats, run.tz.props, run.tz.splits, families=families, seed=seed, progress=progress)
+    table += stacked_probes({k: feats[k] for k in ("s(W)", "sane_layers", "untrained:sane_layers")}, run.tz.props, run.tz.splits,
+                            targets=("test_acc", "epoch", "ggap"), families=families, seed=seed)   # what SANE adds to s(W), and its floor
+    save_json(list(table), out/"probe.json")
     with atomic_write(out/"probe.md", "w") as f: f.write(table._repr_markdown_())
     _save_pca(feats["sane"], run.tz.props, out/"pca.png")
     return table
@@ -385,7 +387,9 @@ def demo_report(res:dict)->str:
         "training (the floor); `s(W)`: per-layer weight statistics (the baseline to beat); `s(tokens)`: per-layer mean and "
         "spread of each token's (neuron's) largest and smallest weight (a second hand-made baseline: stronger than s(W) on our 100-model digits zoos, level on the demo's, weaker on our Fashion-MNIST one); `s(W_rec)`: s(W) of "
         "SANE's reconstruction of each model (a diagnostic, not an embedding: roughly, below s(W) what the bottleneck loses, "
-        "above `sane_layers` what pooling loses); `W`: all weights.", "",
+        "above `sane_layers` what pooling loses); `W`: all weights; `s(W)+sane_layers`: s(W)'s probe plus a second probe "
+        "of `sane_layers` fitted to what s(W)'s leaves unexplained (what SANE adds to s(W); `s(W)+untrained:sane_layers` "
+        "is the same from the untrained SANE).", "",
         "| representation | test accuracy | epoch | generalisation gap |", "|---|---|---|---|", *rows, "",
         "Full table (linear and non-linear probes, Kendall τ): `probe/probe.md`; the embeddings' principal components "
         "coloured by accuracy and epoch: `probe/pca.png`.", "",

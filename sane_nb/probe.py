@@ -233,6 +233,8 @@ def ridge_fit(
 
 # %% ../nbs/api/08_probe.ipynb #a058a9b1
 LOGISTIC_CS = (1e-3, 1e-2, 1e-1, 1e0, 1e1, 1e2)
+_BOOSTING = dict(max_iter=100, learning_rate=0.1, max_leaf_nodes=15, min_samples_leaf=10, l2_regularization=1.0, max_bins=64,
+                 early_stopping=False)   # the one setting of the non-linear probe, for every representation and target
 
 def fit_probe(
     family:str,       # "linear" or "nonlinear"
@@ -245,10 +247,8 @@ def fit_probe(
     from sklearn.linear_model import LogisticRegression
     from sklearn.ensemble import HistGradientBoostingRegressor, HistGradientBoostingClassifier
     if family == "nonlinear":
-        kw = dict(max_iter=100, learning_rate=0.1, max_leaf_nodes=15, min_samples_leaf=10, l2_regularization=1.0, max_bins=64,
-                  early_stopping=False, random_state=seed)
         with threadpool_limits(1):  # OpenMP threads fight over small CPUs: one thread is several times faster here
-            m = (HistGradientBoostingClassifier if categorical else HistGradientBoostingRegressor)(**kw).fit(Xtr, ytr)
+            m = (HistGradientBoostingClassifier if categorical else HistGradientBoostingRegressor)(**_BOOSTING, random_state=seed).fit(Xtr, ytr)
         return m.predict, None
     if family != "linear": raise ValueError(f"unknown probe family {family!r}; use 'linear' or 'nonlinear'")
     if categorical:
@@ -265,7 +265,8 @@ def select_ridge(Xtr, ytr, Xva, yva)->tuple: # (weights [d], bias, the chosen la
     return w, b, lam
 
 # %% ../nbs/api/08_probe.ipynb #f9ae305b
-SUMMARY_REPS = ("sane", "sane_layers", "untrained:sane_layers", "s(W)", "s(tokens)", "s(W_rec)", "W")   # the rows a short table shows, where present
+SUMMARY_REPS = ("sane", "sane_layers", "untrained:sane_layers", "s(W)", "s(tokens)", "s(W_rec)", "W", "s(W)+sane_layers",
+                "s(W)+untrained:sane_layers")   # the rows a short table shows, where present
 
 class ProbeTable(list):
     "Rows of probe results (plain dicts); renders as markdown, nests as {family: {metric: {representation: {target: x}}}}"
@@ -361,13 +362,21 @@ def _probe_all(features, props, idx, targets, categorical, families, seed, rows,
                 rows.append(dict(representation=name, family=fam, target=t, **m, n_features=X.shape[1], hyper=hyper,
                                  n_train=len(tr), n_test=len(te)))
 
-# %% ../nbs/api/08_probe.ipynb #c4797540
+# %% ../nbs/api/08_probe.ipynb #1422a101
 def _refit(family:str, Xtr, ytr, hyper, seed:int):
     "A regression probe of `family` fit again on other data with the hyperparameter chosen before (ridge λ; boosting's are fixed)"
     if family == "linear":
         w, b = ridge_fit(Xtr, ytr, hyper)
         return lambda X: X @ w + b
     return fit_probe(family, False, Xtr, ytr, None, None, seed)[0]
+
+def _fit_residual(family:str, Xtr, rtr, Xva, rva, seed:int)->tuple: # (predict: X -> residual, hyperparameter)
+    "A second probe on residuals, its regularisation chosen on validation: ridge λ, or boosting's number of iterations (0: add nothing)"
+    if family == "linear": return fit_probe(family, False, Xtr, rtr, Xva, rva, seed)
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    m = HistGradientBoostingRegressor(**_BOOSTING, random_state=seed).fit(Xtr, rtr)
+    k = int(np.argmin([np.mean(rva**2)] + [np.mean((rva - p)**2) for p in m.staged_predict(Xva)]))   # iterations kept
+    return (lambda X: np.zeros(len(X)) if k == 0 else next(p for i, p in enumerate(m.staged_predict(X), 1) if i == k)), k
 
 def _model_folds(props:list, tr:np.ndarray, folds:int, seed:int)->np.ndarray: # [len(tr)] fold of each training checkpoint
     "Folds of the training checkpoints by model (`model_id`; each checkpoint its own model where absent), models shuffled by `seed`"
@@ -380,7 +389,7 @@ def stacked_probes(
     props,               # as `predict_properties`
     split:dict,          # as `predict_properties`
     base:str="s(W)",     # the representation the others are stacked on
-    targets=("test_acc",), # numerical targets
+    targets=("test_acc",), # numerical targets (one absent, or constant on the training or test split, gets no rows)
     families=("linear", "nonlinear"), # probe families, see `fit_probe`
     folds:int=5,         # folds by model of the cross-fitted training residuals
     seed:int=0,          # random state of the folds and of the non-linear probes
@@ -396,6 +405,7 @@ def stacked_probes(
         for t in targets:
             y, ok = _target(props, t, False)
             tr, va, te = (np.asarray(split[k], int)[ok[np.asarray(split[k], int)]] for k in ("train", "val", "test"))
+            if min(len(set(y[tr].tolist())), len(set(y[te].tolist())), len(va)) < 2: continue   # undefined (`predict_properties` says why)
             fold, zb = _model_folds(props, tr, folds, seed), Standardizer(X[base][tr])
             for fam in families:
                 pred, hyper = fit_probe(fam, False, zb(X[base][tr]), y[tr], zb(X[base][va]), y[va], seed)
@@ -405,7 +415,7 @@ def stacked_probes(
                 r_tr, r_va = y[tr] - oof, y[va] - pred(zb(X[base][va]))
                 for name in (k for k in X if k != base):
                     z = Standardizer(X[name][tr])
-                    pred2, hyper2 = fit_probe(fam, False, z(X[name][tr]), r_tr, z(X[name][va]), r_va, seed)
+                    pred2, hyper2 = _fit_residual(fam, z(X[name][tr]), r_tr, z(X[name][va]), r_va, seed)
                     yp = pred(zb(X[base][te])) + pred2(z(X[name][te]))
                     rows.append(dict(representation=f"{base}+{name}", family=fam, target=t, r2=r2_score(y[te], yp),
                                      tau=kendall_tau(y[te], yp), n_features=X[base].shape[1] + X[name].shape[1], hyper=hyper2,
