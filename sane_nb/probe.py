@@ -394,7 +394,7 @@ def stacked_probes(
     folds:int=5,         # folds by model of the cross-fitted training residuals
     seed:int=0,          # random state of the folds and of the non-linear probes
     out:str|Path|None=None, # write the rows as JSON here
-)->ProbeTable:           # rows named "base+name", one per other representation, target and family
+)->ProbeTable:           # rows named "base+name", one per other representation, target and family; `hyper`: the second stage's λ or boosting iterations
     "What each representation adds to `base`: a second probe on the base probe's residuals (cross-fitted by model on the training split)"
     if base not in features: raise KeyError(f"stacked_probes: base {base!r} is not among the representations {sorted(features)}")
     if folds < 2: raise ValueError(f"stacked_probes: folds must be at least 2, got {folds}")
