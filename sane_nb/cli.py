@@ -221,7 +221,7 @@ def sane_pretrain(
     zoo:str,                  # zoo folder (native or published Model Zoos layout)
     out:str,                  # run folder to create (or resume)
     preset:str="digits",      # SANE size: tiny, small, digits (the published small-CNN SANE), paper_cnn, paper_resnet18; the latent and γ come from --lat_dim and --gamma (published: --lat_dim 0 --gamma 0.05)
-    steps:int=3000,           # optimisation steps (1,000 until 2026-12-02)
+    steps:int=3000,           # optimisation steps (1,000 until 2026-12-02); about 100 passes over a 100-model zoo of 7 checkpoints per model: scale it with the zoo
     bs:int=16,                # batch size
     lr:float=1e-3,            # peak learning rate
     tokensize:int=0,          # token length (0: one token per neuron, published)

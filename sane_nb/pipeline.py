@@ -56,7 +56,7 @@ def pretrain_run(
     zoo:str|Path,           # a zoo folder (native or Model Zoos)
     out:str|Path,           # the run folder (created; resumed if it holds this run)
     preset:str="digits",    # SANE size, a key of `PRESETS` (digits: the published small-CNN SANE)
-    steps:int=3000,         # optimisation steps (1,000 until 2026-12-02: too few for a 100-model hyperparameter zoo, bench/10_defaults); about 100 passes over a 100-model zoo of 7 checkpoints per model: give larger zoos more
+    steps:int=3000,         # optimisation steps (1,000 until 2026-12-02: too few for a 100-model hyperparameter zoo, bench/10_defaults); about 100 passes over a 100-model zoo of 7 checkpoints per model: give larger zoos more (200 models: 6,000, bench/10_defaults)
     bs:int=16,              # batch size
     lr:float=1e-3,          # peak learning rate (one-cycle)
     tokensize:int=0,        # token length; 0 = one token per neuron (published)
