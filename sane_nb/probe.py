@@ -307,6 +307,19 @@ def _target(props, key, categorical):
     y = np.array([np.nan if v is None else float(v) for v in vals])
     return y, ~np.isnan(y)
 
+def _checked(features:dict, props, split:dict, targets)->tuple: # (props as a list of dicts, {train, val, test: index arrays})
+    "Refuse features whose rows are not the checkpoints or not finite, and targets no checkpoint has"
+    if isinstance(props, dict): props = [dict(zip(props, row)) for row in zip(*props.values())]
+    n = len(props)
+    for name, X in features.items():
+        if len(X) != n: raise ValueError(f"representation {name!r} has {len(X)} rows but there are {n} checkpoints")
+        bad = np.flatnonzero(~np.isfinite(np.asarray(X, np.float64).reshape(n, -1)).all(1))
+        if len(bad): raise ValueError(f"representation {name!r} has non-finite features (NaN/Inf) for checkpoints {bad[:5].tolist()}"
+                                      f"{' ...' if len(bad) > 5 else ''}: probes need finite features")
+    for t in targets:
+        if all(t not in p for p in props): raise KeyError(f"target {t!r} is in no checkpoint's properties (keys: {sorted(props[0])})")
+    return props, {k: np.asarray(split.get(k, []), dtype=int) for k in ("train", "val", "test")}
+
 def predict_properties(
     features:dict,       # representation name -> [n, d] features (tensor or array); rows are checkpoints
     props,               # one property dict per checkpoint, or a dict of columns (`Zoo.props`, `TokenZoo.props`)
@@ -319,16 +332,7 @@ def predict_properties(
     progress:bool=False, # progress over the targets, named 'probe'
 )->ProbeTable:
     "Probe every representation for every target with every family on the same splits; R², Kendall τ, accuracy"
-    if isinstance(props, dict): props = [dict(zip(props, row)) for row in zip(*props.values())]
-    n = len(props)
-    for name, X in features.items():
-        if len(X) != n: raise ValueError(f"representation {name!r} has {len(X)} rows but there are {n} checkpoints")
-        bad = np.flatnonzero(~np.isfinite(np.asarray(X, np.float64).reshape(n, -1)).all(1))
-        if len(bad): raise ValueError(f"representation {name!r} has non-finite features (NaN/Inf) for checkpoints {bad[:5].tolist()}"
-                                      f"{' ...' if len(bad) > 5 else ''}: probes need finite features")
-    for t in targets:
-        if all(t not in p for p in props): raise KeyError(f"target {t!r} is in no checkpoint's properties (keys: {sorted(props[0])})")
-    idx = {k: np.asarray(split.get(k, []), dtype=int) for k in ("train", "val", "test")}
+    props, idx = _checked(features, props, split, targets)
     if small := {k: len(v) for k, v in idx.items() if len(v) < 2}:
         raise ValueError(f"predict_properties: split too small to probe: {small} checkpoints (each of train, val and test "
                          f"needs at least 2: val chooses the regularisation, test scores it); use a zoo with more models")
@@ -371,8 +375,11 @@ def _refit(family:str, Xtr, ytr, hyper, seed:int):
     return fit_probe(family, False, Xtr, ytr, None, None, seed)[0]
 
 def _fit_residual(family:str, Xtr, rtr, Xva, rva, seed:int)->tuple: # (predict: X -> residual, hyperparameter)
-    "A second probe on residuals, its regularisation chosen on validation: ridge λ, or boosting's number of iterations (0: add nothing)"
-    if family == "linear": return fit_probe(family, False, Xtr, rtr, Xva, rva, seed)
+    "A second probe on residuals, its regularisation chosen on validation: ridge λ (None: add nothing), or boosting's number of iterations (0: add nothing)"
+    if family == "linear":   # a ridge of the grid, or nothing (λ None) where that is better on validation
+        w, b, lam = select_ridge(Xtr, rtr, Xva, rva)
+        if np.mean(rva**2) <= np.mean((rva - Xva @ w - b)**2): return (lambda X: np.zeros(len(X))), None
+        return (lambda X: X @ w + b), lam
     from sklearn.ensemble import HistGradientBoostingRegressor
     m = HistGradientBoostingRegressor(**_BOOSTING, random_state=seed).fit(Xtr, rtr)
     k = int(np.argmin([np.mean(rva**2)] + [np.mean((rva - p)**2) for p in m.staged_predict(Xva)]))   # iterations kept
@@ -380,44 +387,48 @@ def _fit_residual(family:str, Xtr, rtr, Xva, rva, seed:int)->tuple: # (predict: 
 
 def _model_folds(props:list, tr:np.ndarray, folds:int, seed:int)->np.ndarray: # [len(tr)] fold of each training checkpoint
     "Folds of the training checkpoints by model (`model_id`; each checkpoint its own model where absent), models shuffled by `seed`"
-    ids = np.array([str(props[i].get("model_id", i)) for i in tr])
-    models = np.random.default_rng(seed).permutation(np.unique(ids))
-    return np.array([dict(zip(models, np.arange(len(models)) % folds))[m] for m in ids])
+    ids = np.array([f"model {props[i]['model_id']}" if "model_id" in props[i] else f"checkpoint {i}" for i in tr])
+    models, which = np.unique(ids, return_inverse=True)
+    return (np.random.default_rng(seed).permutation(len(models)) % folds)[which]
 
 def stacked_probes(
     features:dict,       # representation name -> [n, d] features; must hold `base`
     props,               # as `predict_properties`
     split:dict,          # as `predict_properties`
     base:str="s(W)",     # the representation the others are stacked on
-    targets=("test_acc",), # numerical targets (one absent, or constant on the training or test split, gets no rows)
+    targets=("test_acc",), # numerical targets (one no checkpoint has: KeyError; one constant on the training or test split: no rows, a warning)
     families=("linear", "nonlinear"), # probe families, see `fit_probe`
     folds:int=5,         # folds by model of the cross-fitted training residuals
     seed:int=0,          # random state of the folds and of the non-linear probes
     out:str|Path|None=None, # write the rows as JSON here
-)->ProbeTable:           # rows named "base+name", one per other representation, target and family; `hyper`: the second stage's λ or boosting iterations
+)->ProbeTable:           # rows "base+name" per other representation, target and family: r2, tau, base_r2 (the base alone); hyper: the second stage's λ (None: nothing added) or boosting iterations kept; n_features: both blocks
     "What each representation adds to `base`: a second probe on the base probe's residuals (cross-fitted by model on the training split)"
     if base not in features: raise KeyError(f"stacked_probes: base {base!r} is not among the representations {sorted(features)}")
     if folds < 2: raise ValueError(f"stacked_probes: folds must be at least 2, got {folds}")
-    if isinstance(props, dict): props = [dict(zip(props, row)) for row in zip(*props.values())]
+    props, idx = _checked(features, props, split, targets)
     n, rows = len(props), ProbeTable()
     X = {k: np.asarray(v, np.float64).reshape(n, -1) for k, v in features.items()}
     with threadpool_limits(1):
         for t in targets:
             y, ok = _target(props, t, False)
-            tr, va, te = (np.asarray(split[k], int)[ok[np.asarray(split[k], int)]] for k in ("train", "val", "test"))
-            if min(len(set(y[tr].tolist())), len(set(y[te].tolist())), len(va)) < 2: continue   # undefined (`predict_properties` says why)
+            tr, va, te = (i[ok[i]] for i in (idx["train"], idx["val"], idx["test"]))
             fold, zb = _model_folds(props, tr, folds, seed), Standardizer(X[base][tr])
+            if min(len(set(y[tr].tolist())), len(set(y[te].tolist())), len(va), len(set(fold.tolist()))) < 2:
+                warnings.warn(f"stacked_probes: target {t!r} is constant on the training or test split, or the splits are too small "
+                              f"to stack (fewer than 2 training models or validation checkpoints): it gets no rows", stacklevel=2)
+                continue
             for fam in families:
                 pred, hyper = fit_probe(fam, False, zb(X[base][tr]), y[tr], zb(X[base][va]), y[va], seed)
                 oof = np.empty(len(tr))   # each fold's training models predicted by a base probe that never saw them
                 for k in np.unique(fold):
                     oof[fold == k] = _refit(fam, zb(X[base][tr[fold != k]]), y[tr[fold != k]], hyper, seed)(zb(X[base][tr[fold == k]]))
                 r_tr, r_va = y[tr] - oof, y[va] - pred(zb(X[base][va]))
+                base_r2 = r2_score(y[te], pred(zb(X[base][te])))   # the base alone, on the same test checkpoints
                 for name in (k for k in X if k != base):
                     z = Standardizer(X[name][tr])
                     pred2, hyper2 = _fit_residual(fam, z(X[name][tr]), r_tr, z(X[name][va]), r_va, seed)
                     yp = pred(zb(X[base][te])) + pred2(z(X[name][te]))
-                    rows.append(dict(representation=f"{base}+{name}", family=fam, target=t, r2=r2_score(y[te], yp),
+                    rows.append(dict(representation=f"{base}+{name}", family=fam, target=t, r2=r2_score(y[te], yp), base_r2=base_r2,
                                      tau=kendall_tau(y[te], yp), n_features=X[base].shape[1] + X[name].shape[1], hyper=hyper2,
                                      n_train=len(tr), n_test=len(te)))
     if out is not None: save_json(list(rows), out)

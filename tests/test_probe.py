@@ -208,6 +208,12 @@ def test_stacked_probes_find_what_the_base_lacks(tmp_path):
     assert len(json.loads((tmp_path/"s.json").read_text())) == 4
     with pytest.raises(KeyError, match="'s\\(W\\)' is not among"): stacked_probes(feats, props, split)
     with pytest.raises(ValueError, match="folds must be at least 2"): stacked_probes(feats, props, split, base="base", folds=1)
+    for r in rows: assert r["base_r2"] == pytest.approx(base[r["family"]])        # each row says what the base alone scores
+    with pytest.raises(ValueError, match=f"'twice' has {2*n} rows"):
+        stacked_probes({**feats, "twice": np.r_[feats["junk"], feats["junk"]]}, props, split, base="base")
+    with pytest.raises(KeyError, match="'loss'"): stacked_probes(feats, props, split, base="base", targets=("loss",))
+    one_model = {**split, "train": np.arange(3)}                                  # three checkpoints of one model: nothing to cross-fit
+    with pytest.warns(UserWarning, match="too small to stack"): assert len(stacked_probes(feats, props, one_model, base="base")) == 0
 
 
 # ---------------------------------------------------------------- analysis
