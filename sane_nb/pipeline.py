@@ -17,7 +17,7 @@ from .zoo import make_zoo, zoo_images, parse_shard
 from .zoo_io import load_zoo
 from .dataset import tokenize_zoo, load_token_zoo
 from .model import PRESETS, fit_config
-from .probe import predict_properties, stacked_probes, representations, token_extremes, SUMMARY_REPS
+from .probe import predict_properties, stacked_probes, representations, token_extremes, SUMMARY_REPS, NUMERIC_TARGETS
 from .train import pretrain_on_zoo, load_sane, latest_checkpoint
 from .distributed import init_distributed, rank, world_size, finish_distributed
 from .diagnose import Diagnosis, diagnose, untrained_representations, reconstructed_stats
@@ -259,7 +259,7 @@ def probe_run(
         feats = _features(run, sane, seed)
     table = predict_properties(feats, run.tz.props, run.tz.splits, families=families, seed=seed, progress=progress)
     table += stacked_probes({k: feats[k] for k in ("s(W)", "sane_layers", "untrained:sane_layers")}, run.tz.props, run.tz.splits,
-                            targets=("test_acc", "epoch", "ggap"), families=families, seed=seed)   # what SANE adds to s(W), and its floor
+                            targets=NUMERIC_TARGETS, families=families, seed=seed)   # what SANE adds to s(W), and its floor
     save_json(list(table), out/"probe.json")
     with atomic_write(out/"probe.md", "w") as f: f.write(table._repr_markdown_())
     _save_pca(feats["sane"], run.tz.props, out/"pca.png")

@@ -16,10 +16,10 @@ from threadpoolctl import threadpool_limits
 from .core import save_json, progress as _progress
 
 # %% auto #0
-__all__ = ['RIDGE_LAMBDAS', 'LOGISTIC_CS', 'SUMMARY_REPS', 'POOLINGS', 'halo_windows', 'check_positions', 'encode_windows',
-           'Embeddings', 'embed', 'encode_tokens', 'weight_stats', 'token_extremes', 'flat_weights', 'r2_score',
-           'kendall_tau', 'Standardizer', 'ridge_fit', 'fit_probe', 'select_ridge', 'ProbeTable', 'predict_properties',
-           'stacked_probes', 'representations']
+__all__ = ['RIDGE_LAMBDAS', 'LOGISTIC_CS', 'SUMMARY_REPS', 'NUMERIC_TARGETS', 'POOLINGS', 'halo_windows', 'check_positions',
+           'encode_windows', 'Embeddings', 'embed', 'encode_tokens', 'weight_stats', 'token_extremes', 'flat_weights',
+           'r2_score', 'kendall_tau', 'Standardizer', 'ridge_fit', 'fit_probe', 'select_ridge', 'ProbeTable',
+           'predict_properties', 'stacked_probes', 'representations']
 
 # %% ../nbs/api/08_probe.ipynb #7c1cef27
 def halo_windows(
@@ -307,6 +307,8 @@ def _target(props, key, categorical):
     y = np.array([np.nan if v is None else float(v) for v in vals])
     return y, ~np.isnan(y)
 
+NUMERIC_TARGETS = ("test_acc", "epoch", "ggap")   # the numerical properties every probe table reports by default
+
 def _checked(features:dict, props, split:dict, targets)->tuple: # (props as a list of dicts, {train, val, test: index arrays})
     "Refuse features whose rows are not the checkpoints or not finite, and targets no checkpoint has"
     if isinstance(props, dict): props = [dict(zip(props, row)) for row in zip(*props.values())]
@@ -324,7 +326,7 @@ def predict_properties(
     features:dict,       # representation name -> [n, d] features (tensor or array); rows are checkpoints
     props,               # one property dict per checkpoint, or a dict of columns (`Zoo.props`, `TokenZoo.props`)
     split:dict,          # {"train", "val", "test"}: index arrays into the checkpoints (split by model)
-    targets=("test_acc", "epoch", "ggap"),      # numerical targets (must be in props)
+    targets=NUMERIC_TARGETS,                    # numerical targets (must be in props)
     categorical=("act", "init", "optimizer"),   # categorical targets (skipped where absent or constant)
     families=("linear", "nonlinear"),           # probe families, see `fit_probe`
     seed:int=0,          # random state of the non-linear probes
@@ -412,22 +414,22 @@ def stacked_probes(
         for t in targets:
             y, ok = _target(props, t, False)
             tr, va, te = (i[ok[i]] for i in (idx["train"], idx["val"], idx["test"]))
-            fold, zb = _model_folds(props, tr, folds, seed), Standardizer(X[base][tr])
+            fold, Xb = _model_folds(props, tr, folds, seed), Standardizer(X[base][tr])(X[base])   # the base, standardised once
             if min(len(set(y[tr].tolist())), len(set(y[te].tolist())), len(va), len(set(fold.tolist()))) < 2:
                 warnings.warn(f"stacked_probes: target {t!r} is constant on the training or test split, or the splits are too small "
                               f"to stack (fewer than 2 training models or validation checkpoints): it gets no rows", stacklevel=2)
                 continue
             for fam in families:
-                pred, hyper = fit_probe(fam, False, zb(X[base][tr]), y[tr], zb(X[base][va]), y[va], seed)
+                pred, hyper = fit_probe(fam, False, Xb[tr], y[tr], Xb[va], y[va], seed)
                 oof = np.empty(len(tr))   # each fold's training models predicted by a base probe that never saw them
                 for k in np.unique(fold):
-                    oof[fold == k] = _refit(fam, zb(X[base][tr[fold != k]]), y[tr[fold != k]], hyper, seed)(zb(X[base][tr[fold == k]]))
-                r_tr, r_va = y[tr] - oof, y[va] - pred(zb(X[base][va]))
-                base_r2 = r2_score(y[te], pred(zb(X[base][te])))   # the base alone, on the same test checkpoints
+                    oof[fold == k] = _refit(fam, Xb[tr[fold != k]], y[tr[fold != k]], hyper, seed)(Xb[tr[fold == k]])
+                r_tr, r_va, base_te = y[tr] - oof, y[va] - pred(Xb[va]), pred(Xb[te])
+                base_r2 = r2_score(y[te], base_te)   # the base alone, on the same test checkpoints
                 for name in (k for k in X if k != base):
                     z = Standardizer(X[name][tr])
                     pred2, hyper2 = _fit_residual(fam, z(X[name][tr]), r_tr, z(X[name][va]), r_va, seed)
-                    yp = pred(zb(X[base][te])) + pred2(z(X[name][te]))
+                    yp = base_te + pred2(z(X[name][te]))
                     rows.append(dict(representation=f"{base}+{name}", family=fam, target=t, r2=r2_score(y[te], yp), base_r2=base_r2,
                                      tau=kendall_tau(y[te], yp), n_features=X[base].shape[1] + X[name].shape[1], hyper=hyper2,
                                      n_train=len(tr), n_test=len(te)))
